@@ -1,0 +1,265 @@
+"""Loading ONNX models and the read-only graph facts every pass needs.
+
+Loading is strict: anything that is not a well-formed ONNX model raises ``OnnxotoError`` with a
+one-line message, because a compressor that guesses on broken input writes broken output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from onnxoto.errors import OnnxotoError
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks (models can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
+    """Load a model from a path (external data included) or pass a proto through.
+
+    Raises OnnxotoError for a missing file, bytes that are not ONNX, a truncated file, missing
+    external data or a model that fails ``onnx.checker``. Defaults to checking.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+        where = f"model '{proto.graph.name or 'in memory'}'"
+    else:
+        path = Path(model)
+        where = f"'{path}'"
+        if not path.exists():
+            raise OnnxotoError(f"{where}: no such file")
+        if path.is_dir():
+            raise OnnxotoError(f"{where}: is a directory, expected an .onnx file")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            raise OnnxotoError(f"{where}: not a readable ONNX model ({_first_line(exc)})") from exc
+        if not proto.graph.node and not proto.graph.output:
+            raise OnnxotoError(f"{where}: not an ONNX model (no graph found in the file)")
+        _load_external(proto, path)
+    if check:
+        try:
+            onnx.checker.check_model(light_copy(proto), full_check=False)
+        except Exception as exc:
+            raise OnnxotoError(f"{where}: fails onnx.checker: {_first_line(exc)}") from exc
+    return proto
+
+
+def _load_external(proto: onnx.ModelProto, path: Path) -> None:
+    for tensor in _external_tensors(proto):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        data_path = path.parent / location
+        if not data_path.is_file():
+            raise OnnxotoError(
+                f"'{path}': initializer '{tensor.name}' stores its data in '{location}', "
+                f"which is missing; keep the data file beside the model"
+            )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise OnnxotoError(f"'{path}': cannot read external data ({_first_line(exc)})") from exc
+
+
+def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    return (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass
+class GraphView:
+    """Read-only facts about one graph: constants, shapes, producers and consumers.
+
+    Initializers listed as graph inputs (``keep_initializers_as_inputs``) are treated as
+    constants: deployment pipelines do not feed weights.
+    """
+
+    model: onnx.ModelProto
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    initializers: set[str] = field(default_factory=set)
+    constant_nodes: set[str] = field(default_factory=set)
+    graph_inputs: list[str] = field(default_factory=list)
+    graph_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.model.graph.node)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a tensor if it is known before run time (initializer or Constant)."""
+        return self.constants.get(name) if name else None
+
+    def shape(self, name: str) -> tuple[int | None, ...] | None:
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        shape = self.shapes.get(name)
+        if shape is None or any(d is None for d in shape):
+            return None
+        return tuple(int(d) for d in shape)
+
+    def const_source(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        """The initializer behind a constant tensor and how its axes map, through
+        Identity/Transpose/Cast chains that only this path uses (so slicing is safe).
+
+        Returns ``(initializer, perm)`` where tensor axis ``a`` is initializer axis ``perm[a]``.
+        """
+        perm: tuple[int, ...] | None = None
+        current = name
+        while current not in self.initializers and current not in self.constant_nodes:
+            node = self.producer.get(current)
+            if node is None or node.op_type not in ("Identity", "Transpose", "Cast"):
+                return None
+            if len(self.consumers.get(node.input[0], [])) != 1:
+                return None
+            if node.op_type == "Transpose":
+                rank = self.rank(node.input[0])
+                if rank is None:
+                    return None
+                attr = {a.name: a for a in node.attribute}.get("perm")
+                step = tuple(attr.ints) if attr is not None else tuple(reversed(range(rank)))
+                perm = step if perm is None else tuple(step[p] for p in perm)
+            current = node.input[0]
+        value = self.constants.get(current)
+        if value is None:
+            return None
+        return current, perm if perm is not None else tuple(range(value.ndim))
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+
+def build_view(model: onnx.ModelProto) -> GraphView:
+    """Collect constants, inferred shapes and edge maps. Unknown dims become None."""
+    graph = model.graph
+    view = GraphView(model=model)
+    view.initializers = {t.name for t in graph.initializer}
+    for tensor in graph.initializer:
+        view.constants[tensor.name] = numpy_helper.to_array(tensor)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_node_value(node)
+            if value is not None:
+                view.constants[node.output[0]] = value
+                view.constant_nodes.add(node.output[0])
+    _fold_constant_views(view, graph.node)
+    view.graph_inputs = [i.name for i in graph.input if i.name not in view.initializers]
+    view.graph_outputs = [o.name for o in graph.output]
+    for node in graph.node:
+        for out in node.output:
+            if out:
+                view.producer[out] = node
+        for inp in node.input:
+            if inp:
+                view.consumers.setdefault(inp, []).append(node)
+    view.shapes = _infer_shapes(model)
+    for name, value in view.constants.items():
+        view.shapes[name] = tuple(int(d) for d in value.shape)
+    return view
+
+
+def _fold_constant_views(view: GraphView, nodes) -> None:
+    """Give Identity/Transpose/Cast of a constant a value too (weights exported as W^T)."""
+    for node in nodes:
+        if node.op_type not in ("Identity", "Transpose", "Cast") or node.input[0] not in \
+                view.constants:
+            continue
+        value = view.constants[node.input[0]]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Transpose":
+            value = np.transpose(value, attrs.get("perm"))
+        elif node.op_type == "Cast":
+            value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+        view.constants[node.output[0]] = value
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int"):
+            return np.array(onnx.helper.get_attribute_value(attr))
+        if attr.name in ("value_floats", "value_ints"):
+            return np.array(list(onnx.helper.get_attribute_value(attr)))
+    return None
+
+
+LIGHT_LIMIT = 4096
+
+
+def light_copy(model: onnx.ModelProto, *, limit: int = LIGHT_LIMIT) -> onnx.ModelProto:
+    """The model with large initializers turned into typed graph inputs.
+
+    Checking and shape inference only need their types and shapes; not serializing the weights
+    makes both fast and lets models over 2 GB through.
+    """
+    light = onnx.ModelProto()
+    heavy_graph = model.graph
+    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                                   producer_name=model.producer_name, domain=model.domain,
+                                   model_version=model.model_version, functions=model.functions,
+                                   metadata_props=model.metadata_props))
+    graph = light.graph
+    graph.name = heavy_graph.name
+    graph.node.extend(heavy_graph.node)
+    graph.input.extend(heavy_graph.input)
+    graph.output.extend(heavy_graph.output)
+    graph.value_info.extend(heavy_graph.value_info)
+    declared = {i.name for i in heavy_graph.input}
+    for tensor in heavy_graph.initializer:
+        if _elements(tensor) <= limit:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                  list(tensor.dims)))
+    return light
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count
+
+
+def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    try:
+        inferred = shape_inference.infer_shapes(light_copy(model), strict_mode=False,
+                                                data_prop=True)
+    except Exception:
+        inferred = model
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    graph = inferred.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tensor_type = info.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor_type.shape.dim
+        )
+        shapes[info.name] = dims
+    return shapes

@@ -1,0 +1,267 @@
+"""The group model: which slices of which initializers form one zero-invariant group.
+
+Plain data, no ONNX and no torch, so shrink, trainers and reports all read the same objects.
+Channel ``c`` of a group owns, along a member's axis, the indices
+``offset + c*step + k*stride`` for ``k`` in ``0..block-1`` (see DESIGN section 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from onnxoto.errors import OnnxotoError
+
+FORMAT = "onnxoto.partition/1"
+ROLES = ("producer", "attached", "consumer")
+
+
+@dataclass(frozen=True)
+class IndexMap:
+    """Maps group channels to indices along one axis of an initializer (and back)."""
+
+    offset: int = 0
+    block: int = 1
+    stride: int = 1
+    step: int | None = None
+
+    @property
+    def channel_step(self) -> int:
+        return self.block * self.stride if self.step is None else self.step
+
+    def indices(self, channels: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Axis indices owned by ``channels``, channel-major (all of channel 0's block first)."""
+        chans = np.asarray(list(channels) if not isinstance(channels, np.ndarray) else channels)
+        chans = chans.astype(np.int64).reshape(-1, 1)
+        ks = np.arange(self.block, dtype=np.int64).reshape(1, -1)
+        return (self.offset + chans * self.channel_step + ks * self.stride).reshape(-1)
+
+    def channel_of(self, index: int, size: int) -> int | None:
+        """The channel (of ``size``) owning ``index``, or None if no channel owns it."""
+        step = self.channel_step
+        for k in range(self.block):
+            rest = index - self.offset - k * self.stride
+            if rest < 0 or (step and rest % step):
+                continue
+            channel = rest // step if step else 0
+            if channel < size:
+                return channel
+        return None
+
+    @classmethod
+    def fit(cls, rows: np.ndarray) -> IndexMap | None:
+        """The map whose indices for channel c equal ``rows[c]`` (channels x block), if any."""
+        rows = np.asarray(rows, dtype=np.int64)
+        channels, block = rows.shape
+        if block == 0:
+            return None
+        first = rows[0]
+        stride = int(first[1] - first[0]) if block > 1 else 1
+        step = int(rows[1, 0] - first[0]) if channels > 1 else block * stride
+        if stride <= 0 or step <= 0:
+            return None
+        candidate = cls(offset=int(first[0]), block=block, stride=stride,
+                        step=None if step == block * stride else step)
+        expected = candidate.indices(np.arange(channels)).reshape(channels, block)
+        return candidate if np.array_equal(expected, rows) else None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One initializer slice in a group: along ``axis``, indices given by ``index_map``."""
+
+    initializer: str
+    axis: int
+    role: str
+    index_map: IndexMap = field(default_factory=IndexMap)
+    node: str = ""
+
+    def to_dict(self) -> dict:
+        out = {"initializer": self.initializer, "axis": self.axis, "role": self.role}
+        out.update(asdict(self.index_map))
+        out["step"] = self.index_map.channel_step
+        if self.node:
+            out["node"] = self.node
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Member:
+        index_map = IndexMap(
+            offset=int(data.get("offset", 0)),
+            block=int(data.get("block", 1)),
+            stride=int(data.get("stride", 1)),
+            step=int(data["step"]) if data.get("step") is not None else None,
+        )
+        return cls(
+            initializer=data["initializer"],
+            axis=int(data["axis"]),
+            role=data["role"],
+            index_map=index_map,
+            node=data.get("node", ""),
+        )
+
+
+@dataclass
+class Group:
+    """Channels that live or die together; prunable only if deleting them provably changes nothing."""
+
+    id: int
+    size: int
+    prunable: bool
+    reason: str | None
+    members: list[Member]
+
+    def by_role(self, role: str) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "prunable": self.prunable,
+            "reason": self.reason,
+            "members": [m.to_dict() for m in self.members],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Group:
+        return cls(
+            id=int(data["id"]),
+            size=int(data["size"]),
+            prunable=bool(data["prunable"]),
+            reason=data.get("reason"),
+            members=[Member.from_dict(m) for m in data["members"]],
+        )
+
+
+def params_covered(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) -> int:
+    """Elements of initializers that some group's members would slice, each counted once."""
+    covered: dict[str, dict[int, set[int]]] = {}
+    for group in groups:
+        for m in group.members:
+            if m.initializer in sizes:
+                axes = covered.setdefault(m.initializer, {})
+                axes.setdefault(m.axis, set()).update(
+                    m.index_map.indices(np.arange(group.size)).tolist())
+    total = 0
+    for name, axes in covered.items():
+        shape = sizes[name]
+        untouched = 1
+        for axis, dim in enumerate(shape):
+            untouched *= dim - len(axes.get(axis, ()))
+        total += int(np.prod(shape, dtype=np.int64)) - untouched
+    return total
+
+
+def summarize(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) -> dict:
+    """Counts for the partition.json summary and the CLI table."""
+    total_params = sum(int(np.prod(s, dtype=np.int64)) for s in sizes.values())
+    prunable = [g for g in groups if g.prunable]
+    in_groups = params_covered(prunable, sizes)
+    reasons: dict[str, int] = {}
+    for group in groups:
+        if not group.prunable and group.reason:
+            key = group.reason.split("; ")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    return {
+        "groups": len(groups),
+        "prunable": len(prunable),
+        "channels": sum(g.size for g in groups),
+        "prunable_channels": sum(g.size for g in prunable),
+        "params": total_params,
+        "params_in_groups": in_groups,
+        "params_in_groups_share": (in_groups / total_params) if total_params else 0.0,
+        "top_reasons": [{"reason": r, "groups": n} for r, n in top],
+    }
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes through a temp file in the same folder, then rename: never a half file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def partition_to_json(groups: list[Group], model: Mapping, summary: Mapping) -> str:
+    doc = {
+        "format": FORMAT,
+        "model": dict(model),
+        "groups": [g.to_dict() for g in groups],
+        "summary": dict(summary),
+    }
+    return json.dumps(doc, indent=1)
+
+
+def groups_from_json(text: str, *, source: str = "partition.json") -> tuple[list[Group], dict]:
+    """Parse partition.json; returns the groups and the model record (path, sha256)."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OnnxotoError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    if doc.get("format") != FORMAT:
+        raise OnnxotoError(f"{source}: format is {doc.get('format')!r}, expected {FORMAT!r}")
+    return [Group.from_dict(g) for g in doc["groups"]], dict(doc.get("model", {}))
+
+
+def save_masks(path: str | os.PathLike, masks: Mapping[int, np.ndarray]) -> None:
+    """masks.npz: key ``g<id>``, boolean keep vector of the group's size."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"g{gid}": np.asarray(keep, dtype=bool) for gid, keep in masks.items()})
+    write_atomic(path, buffer.getvalue())
+
+
+def load_masks(path: str | os.PathLike, groups: list[Group]) -> dict[int, np.ndarray]:
+    """Read and check masks.npz against the groups; every problem is one clear line."""
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise OnnxotoError(f"'{where}': no such mask file")
+    try:
+        archive = np.load(where, allow_pickle=False)
+        raw = {key: archive[key] for key in archive.files}
+    except Exception as exc:
+        raise OnnxotoError(f"'{where}': not a readable .npz mask file ({exc})") from exc
+    return check_masks(raw, groups, source=where)
+
+
+def check_masks(
+    raw: Mapping[str, np.ndarray], groups: list[Group], *, source: str = "masks"
+) -> dict[int, np.ndarray]:
+    by_id = {g.id: g for g in groups}
+    masks: dict[int, np.ndarray] = {}
+    for key, value in raw.items():
+        if not (key.startswith("g") and key[1:].isdigit()) or int(key[1:]) not in by_id:
+            raise OnnxotoError(f"{source}: unknown group key '{key}' (the partition has g0..g"
+                               f"{len(groups) - 1}); was the mask made for another model?")
+        group = by_id[int(key[1:])]
+        value = np.asarray(value)
+        if value.dtype != np.bool_:
+            raise OnnxotoError(f"{source}: '{key}' has dtype {value.dtype}, expected bool "
+                               f"(True = keep)")
+        if value.shape != (group.size,):
+            raise OnnxotoError(f"{source}: '{key}' has shape {value.shape}, group {group.id} "
+                               f"has {group.size} channels")
+        if value.all():
+            continue
+        if not group.prunable:
+            raise OnnxotoError(f"{source}: '{key}' removes channels of non-prunable group "
+                               f"{group.id}: {group.reason}")
+        if not value.any():
+            raise OnnxotoError(f"{source}: '{key}' removes every channel of group {group.id}; "
+                               f"keep at least one")
+        masks[group.id] = value
+    return masks

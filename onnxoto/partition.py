@@ -1,0 +1,245 @@
+"""Zero-invariant groups of an ONNX graph: one pass of rules, then groups from the union-find."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.graph import GraphView, ModelLike, build_view, file_sha256, load_model
+from onnxoto.groups import (
+    Group,
+    IndexMap,
+    Member,
+    partition_to_json,
+    summarize,
+    write_atomic,
+)
+from onnxoto.rules import rule_for
+from onnxoto.spaces import MemberRecord, SlotForest, Tracer, node_label
+
+
+@dataclass
+class Partition:
+    """The groups of one model, and the per-tensor channel maps shrink needs."""
+
+    groups: list[Group]
+    summary: dict
+    model_info: dict
+    view: GraphView
+    spaces: dict = field(repr=False)
+    slot_group: np.ndarray = field(repr=False)
+    slot_channel: np.ndarray = field(repr=False)
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def slot_keep(self, masks: dict[int, np.ndarray]) -> np.ndarray:
+        """Keep flag of every slot under ``masks`` (groups not in masks are kept)."""
+        keep = np.ones(self.slot_group.shape[0], dtype=bool)
+        for gid, mask in masks.items():
+            selected = self.slot_group == gid
+            keep[selected] = np.asarray(mask, dtype=bool)[self.slot_channel[selected]]
+        return keep
+
+    def to_json(self) -> str:
+        return partition_to_json(self.groups, self.model_info, self.summary)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_atomic(path, self.to_json().encode())
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1
+
+
+def partition(model: ModelLike) -> Partition:
+    """Find the zero-invariant groups of a model (path or proto).
+
+    Every op passes through its rule; ops with no rule, graph outputs and shared initializers
+    make the groups they touch non-prunable, each with a reason naming the node.
+    """
+    proto = load_model(model)
+    info: dict = {"path": None, "sha256": None}
+    if not isinstance(model, onnx.ModelProto):
+        info = {"path": str(Path(model)), "sha256": file_sha256(model)}
+    view = build_view(proto)
+    tracer = trace(view, opset_of(proto))
+    result = form_groups(tracer, info)
+    if not any(True for _ in _stems(result)):
+        where = info["path"] or "model"
+        raise OnnxotoError(f"{where}: no Conv, ConvTranspose, Gemm or MatMul-with-weights node "
+                           f"found, so there are no channels to prune")
+    return result
+
+
+def _stems(result: Partition):
+    return (g for g in result.groups if g.by_role("producer"))
+
+
+def trace(view: GraphView, opset: int) -> Tracer:
+    """Run every node's rule in graph order; inputs a rule did not read become barriers."""
+    tracer = Tracer(view)
+    for node in view.model.graph.node:
+        rule = rule_for(node, opset)
+        tracer.read.clear()
+        if rule is None:
+            tracer.taint_inputs(node, f"{node_label(node)} has no onnxoto rule "
+                                      f"(domain '{node.domain or 'ai.onnx'}', opset {opset}); "
+                                      f"its channels are kept")
+            continue
+        rule.trace(node, tracer)
+        for name in node.input:
+            if name and name not in tracer.read and tracer.spaces.get(name) is not None:
+                tracer.taint(tracer.spaces[name], f"{node_label(node)} reads '{name}' in a way "
+                                                  f"onnxoto does not follow")
+    for name in view.graph_outputs:
+        tracer.taint(tracer.spaces.get(name), f"channels reach graph output '{name}'")
+    return tracer
+
+
+def form_groups(tracer: Tracer, info: dict) -> Partition:
+    """Channels = union-find classes; a group = classes born in the same stems."""
+    roots = tracer.forest.roots()
+    kin = SlotForest()
+    kin.parent = roots.tolist()
+    for born in tracer.births:
+        kin.union(np.full(born.shape, born[0]), born)
+    family = kin.roots()
+
+    slot_group = np.full(roots.shape, -1, dtype=np.int64)
+    slot_channel = np.full(roots.shape, -1, dtype=np.int64)
+    class_group: dict[int, int] = {}
+    class_channel: dict[int, int] = {}
+    family_group: dict[int, int] = {}
+    sizes: list[int] = []
+    for born in tracer.births:
+        for slot in born.tolist():
+            cls = int(roots[slot])
+            if cls in class_group:
+                continue
+            gid = family_group.setdefault(int(family[slot]), len(family_group))
+            if gid == len(sizes):
+                sizes.append(0)
+            class_group[cls], class_channel[cls] = gid, sizes[gid]
+            sizes[gid] += 1
+    slot_group[:] = [class_group[int(c)] for c in roots.tolist()]
+    slot_channel[:] = [class_channel[int(c)] for c in roots.tolist()]
+
+    reasons: list[list[str]] = [[] for _ in sizes]
+    for slots, rid in tracer.taints:
+        for gid in np.unique(slot_group[slots]).tolist():
+            _add_reason(reasons[gid], tracer.reasons[rid])
+    members: list[list[Member]] = [[] for _ in sizes]
+    for record in tracer.members:
+        _split_record(record, slot_group, slot_channel, sizes, members, reasons, tracer.view)
+    _check_shared(members, reasons)
+
+    groups = []
+    for gid, size in enumerate(sizes):
+        why = list(reasons[gid])
+        if not any(m.role == "producer" for m in members[gid]):
+            _add_reason(why, "no producer weights (nothing can zero these channels)")
+        groups.append(Group(id=gid, size=size, prunable=not why,
+                            reason="; ".join(why[:3]) + (f" (and {len(why) - 3} more)"
+                                                          if len(why) > 3 else "") or None,
+                            members=members[gid]))
+    shapes = {name: tuple(v.shape) for name, v in tracer.view.constants.items()
+              if name in tracer.view.initializers or name in tracer.view.constant_nodes}
+    return Partition(groups=groups, summary=summarize(groups, shapes), model_info=info,
+                     view=tracer.view, spaces=tracer.spaces, slot_group=slot_group,
+                     slot_channel=slot_channel)
+
+
+def _add_reason(reasons: list[str], text: str) -> None:
+    if text not in reasons:
+        reasons.append(text)
+
+
+def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members, reasons,
+                  view: GraphView) -> None:
+    """Turn one traced member (index -> slot) into one Member per group it touches."""
+    groups_here = slot_group[record.slots]
+    channels_here = slot_channel[record.slots]
+    users = view.consumers.get(record.initializer, [])
+    for gid in np.unique(groups_here).tolist():
+        selected = np.nonzero(groups_here == gid)[0]
+        channels = channels_here[selected]
+        order = np.lexsort((selected, channels))
+        counts = np.bincount(channels, minlength=sizes[gid])
+        index_map = None
+        if counts.min() > 0 and (counts == counts[0]).all():
+            rows = selected[order].reshape(sizes[gid], int(counts[0]))
+            index_map = IndexMap.fit(rows)
+        if index_map is None:
+            _add_reason(reasons[gid], f"'{record.initializer}' axis {record.axis} does not map "
+                                      f"channel by channel onto this group")
+            continue
+        if len(users) > 1:
+            _add_reason(reasons[gid], f"initializer '{record.initializer}' is shared by "
+                                      f"{len(users)} nodes")
+        members[gid].append(Member(record.initializer, record.axis, record.role, index_map,
+                                   record.node))
+
+
+def _check_shared(members: list[list[Member]], reasons: list[list[str]]) -> None:
+    """One initializer axis claimed twice with different maps cannot be sliced consistently."""
+    claimed: dict[tuple[str, int], list[tuple[int, Member]]] = {}
+    for gid, group_members in enumerate(members):
+        for member in group_members:
+            claimed.setdefault((member.initializer, member.axis), []).append((gid, member))
+    for (name, axis), claims in claimed.items():
+        nodes = {m.node for _, m in claims}
+        if len(nodes) > 1:
+            for gid, _ in claims:
+                _add_reason(reasons[gid], f"initializer '{name}' axis {axis} is claimed by "
+                                          f"nodes {', '.join(sorted(nodes))}")
+
+
+def explain(result: Partition, name: str) -> str:
+    """Which groups an initializer or node belongs to, and why each is or is not prunable."""
+    hits = [g for g in result.groups
+            if any(m.initializer == name or m.node == name for m in g.members)]
+    node = next((n for n in result.view.model.graph.node if n.name == name), None)
+    if node is not None:
+        for out in node.output:
+            space = result.spaces.get(out)
+            if space is not None:
+                for gid in np.unique(result.slot_group[space.slots]).tolist():
+                    if result.groups[gid] not in hits:
+                        hits.append(result.groups[gid])
+    if not hits:
+        known = name in result.view.constants or node is not None
+        if known:
+            return f"'{name}' is in no group: no channel space passes through it."
+        raise OnnxotoError(f"'{name}' is neither a node nor an initializer of the model")
+    lines = []
+    for group in sorted(hits, key=lambda g: g.id):
+        state = "prunable" if group.prunable else f"NOT prunable: {group.reason}"
+        lines.append(f"group {group.id} ({group.size} channels): {state}")
+        for m in group.members:
+            mark = "*" if name in (m.initializer, m.node) else " "
+            lines.append(f" {mark} {m.role:<9} {m.initializer} axis {m.axis} "
+                         f"{_describe_map(m.index_map)} (node {m.node})")
+    return "\n".join(lines)
+
+
+def _describe_map(index_map: IndexMap) -> str:
+    if index_map == IndexMap():
+        return ""
+    parts = [f"offset {index_map.offset}"] if index_map.offset else []
+    if index_map.block > 1:
+        parts.append(f"block {index_map.block}")
+    if index_map.stride != 1:
+        parts.append(f"stride {index_map.stride}")
+    if index_map.step is not None:
+        parts.append(f"step {index_map.step}")
+    return "[" + ", ".join(parts) + "]"

@@ -1,0 +1,95 @@
+"""What a rule is, and the small helpers rules share.
+
+A rule owns everything onnxoto knows about one op family: which op types and opsets it covers,
+how channel spaces flow through the node while tracing (``trace``), and which attributes or
+shape constants must change when channels are removed (``rewrite``, used by shrink).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import onnx
+
+from onnxoto.spaces import Space, Tracer, node_label
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+MAX_OPSET = 25
+
+
+class Edit(Protocol):
+    """What shrink lets a rule do to its node (see shrink.NodeEdit)."""
+
+    def keep(self, tensor: str) -> np.ndarray | None: ...
+    def kept_count(self, tensor: str) -> int | None: ...
+    def set_attr(self, name: str, value) -> None: ...
+    def set_input_const(self, index: int, value: np.ndarray) -> None: ...
+
+
+class Rule:
+    """Base rule: subclasses set ``op_types`` and implement ``trace``."""
+
+    op_types: tuple[str, ...] = ()
+    min_opset: int = 1
+    max_opset: int = MAX_OPSET
+
+    def trace(self, node: onnx.NodeProto, ctx: Tracer) -> None:
+        raise NotImplementedError
+
+    def rewrite(self, node: onnx.NodeProto, edit: Edit) -> None:
+        """Fix attributes/constants after channels were removed. Default: nothing to fix."""
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def barrier(node: onnx.NodeProto, ctx: Tracer, why: str) -> None:
+    """Stop every channel space at this node: the groups touching it become non-prunable."""
+    ctx.taint_inputs(node, f"{node_label(node)} {why}")
+
+
+def input_at(node: onnx.NodeProto, index: int) -> str:
+    return node.input[index] if len(node.input) > index else ""
+
+
+def ints_from(node: onnx.NodeProto, ctx: Tracer, attr: str, input_index: int) -> list[int] | None:
+    """An int list given as an attribute (old opsets) or a constant input (new ones)."""
+    value = attrs(node).get(attr)
+    if value is not None:
+        return [int(v) for v in value]
+    name = input_at(node, input_index)
+    if not name:
+        return None
+    const = ctx.const(name)
+    return None if const is None else [int(v) for v in np.asarray(const).reshape(-1)]
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def aligned_axis(space: Space, in_rank: int, out_rank: int) -> int:
+    """Channel axis in the output's coordinates after numpy-style broadcasting."""
+    return space.axis + (out_rank - in_rank)
+
+
+def broadcast_extent(shape: Sequence[int], out_axis: int, out_rank: int) -> tuple[int, int] | None:
+    """(own axis, size) of a broadcast operand along the output's ``out_axis``; None if absent."""
+    own = out_axis - (out_rank - len(shape))
+    if own < 0:
+        return None
+    return own, int(shape[own])
+
+
+def pass_through(node: onnx.NodeProto, ctx: Tracer, *, dirt: str | None = None) -> None:
+    """Output 0 carries input 0's channels unchanged; ``dirt`` says why zero becomes non-zero."""
+    space = ctx.space(node.input[0])
+    if space is None:
+        return
+    if dirt:
+        space = space.with_dirt(ctx.reason(f"{node_label(node)} {dirt}"))
+    ctx.set_space(node.output[0], space)

@@ -1,0 +1,388 @@
+"""Layout ops: they move, cut, glue or flatten channel axes without touching values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxoto.rules.base import (
+    Edit,
+    Rule,
+    attrs,
+    barrier,
+    input_at,
+    ints_from,
+    normalize_axis,
+    pass_through,
+)
+from onnxoto.spaces import Space, Tracer, node_label
+
+
+def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
+    """Where channel axis ``axis`` of ``in_shape`` lands in ``out_shape`` (row-major reshape).
+
+    Returns ``(out_axis, block)``: channel c owns indices [c*block, (c+1)*block) of
+    ``out_axis`` (block > 1 when the channel axis merges with the axes after it, as in
+    Flatten of C x H x W). None when the channel axis is split or mixed with earlier axes.
+    """
+    prefix = int(np.prod(in_shape[:axis], dtype=np.int64))
+    channels = int(in_shape[axis])
+    tail = int(np.prod(in_shape[axis + 1:], dtype=np.int64))
+    acc, j = 1, 0
+    while j < len(out_shape) and acc < prefix:
+        acc *= int(out_shape[j])
+        j += 1
+    if acc != prefix:
+        return None
+    while j < len(out_shape) and int(out_shape[j]) == 1 and channels != 1:
+        j += 1
+    if j >= len(out_shape) or int(out_shape[j]) % channels:
+        return None
+    block = int(out_shape[j]) // channels
+    if tail % block:
+        return None
+    return j, block
+
+
+def _map_through(node, ctx: Tracer, space: Space, out_shape) -> Space | None:
+    in_shape = ctx.static_shape(node.input[0])
+    if in_shape is None or out_shape is None:
+        barrier(node, ctx, "has shapes unknown before run time")
+        return None
+    mapping = reshape_map(in_shape, out_shape, space.axis)
+    if mapping is None:
+        barrier(node, ctx, "splits or mixes the channel axis with other axes")
+        return None
+    axis, block = mapping
+    return space.repeated(block, axis) if block > 1 else space.on_axis(axis)
+
+
+class FlattenRule(Rule):
+    """Flatten C x H x W into features: channel c owns features [c*H*W, (c+1)*H*W)."""
+
+    op_types = ("Flatten",)
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        if space is not None:
+            ctx.set_space(node.output[0],
+                          _map_through(node, ctx, space, ctx.static_shape(node.output[0])))
+
+
+class ReshapeRule(Rule):
+    """Reshape with a constant target: like Flatten, and the target entry is rewritten."""
+
+    op_types = ("Reshape",)
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        if space is None:
+            return
+        target = ctx.const(node.input[1])
+        if target is None:
+            barrier(node, ctx, "takes its target shape from a run-time computation; export "
+                               "with static shapes (e.g. torch.flatten instead of view(B, -1))")
+            return
+        out = _map_through(node, ctx, space, ctx.static_shape(node.output[0]))
+        if out is None:
+            return
+        if int(target[out.axis]) == 0 and (out.axis != space.axis or out.size != space.size):
+            barrier(node, ctx, "copies a moved channel dimension with 0 in its target")
+            return
+        ctx.set_space(node.output[0], out)
+
+    def rewrite(self, node, edit: Edit):
+        keep = edit.keep(node.output[0])
+        target = edit.const(node.input[1])
+        if keep is None or target is None:
+            return
+        axis = edit.axis(node.output[0])
+        if int(target[axis]) > 0:
+            target = np.array(target, copy=True)
+            target[axis] = int(keep.sum())
+            edit.set_input_const(1, target)
+
+
+class TransposeRule(Rule):
+    """Transpose moves the channel axis to perm.index(axis)."""
+
+    op_types = ("Transpose",)
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        if rank is None:
+            barrier(node, ctx, "has unknown rank")
+            return
+        perm = list(attrs(node).get("perm", reversed(range(rank))))
+        ctx.set_space(node.output[0], space.on_axis(perm.index(space.axis)))
+
+
+class SqueezeRule(Rule):
+    """Squeeze/Unsqueeze shift the channel axis by the axes removed or inserted before it."""
+
+    op_types = ("Squeeze", "Unsqueeze")
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        if space is None:
+            return
+        in_shape, rank = ctx.shape(node.input[0]), ctx.rank(node.input[0])
+        axes = ints_from(node, ctx, "axes", 1)
+        if rank is None or (axes is None and input_at(node, 1)):
+            barrier(node, ctx, "has run-time axes or unknown rank")
+            return
+        if node.op_type == "Squeeze":
+            if axes is None:
+                if in_shape is None or any(d is None for d in in_shape):
+                    barrier(node, ctx, "squeezes unknown dims")
+                    return
+                axes = [i for i, d in enumerate(in_shape) if d == 1]
+            axes = [normalize_axis(a, rank) for a in axes]
+            if space.axis in axes:
+                barrier(node, ctx, "squeezes the channel axis")
+                return
+            new_axis = space.axis - sum(1 for a in axes if a < space.axis)
+        else:
+            out_rank = rank + len(axes or [])
+            inserted = {normalize_axis(a, out_rank) for a in axes or []}
+            kept_axes = [i for i in range(out_rank) if i not in inserted]
+            new_axis = kept_axes[space.axis]
+        ctx.set_space(node.output[0], space.on_axis(new_axis))
+
+
+class ConcatRule(Rule):
+    """Concat on the channel axis lays spaces end to end; on another axis it joins them."""
+
+    op_types = ("Concat",)
+
+    def trace(self, node, ctx):
+        names = [n for n in node.input if n]
+        tracked = [ctx.space(n) for n in names if ctx.space(n)]
+        rank = ctx.rank(node.output[0])
+        if not tracked:
+            return
+        if rank is None:
+            barrier(node, ctx, "has unknown rank")
+            return
+        axis = normalize_axis(int(attrs(node)["axis"]), rank)
+        if any(s.axis != tracked[0].axis for s in tracked):
+            barrier(node, ctx, "concatenates tensors whose channels sit on different axes")
+            return
+        if tracked[0].axis != axis:
+            self._join(node, ctx, names, tracked)
+            return
+        pieces = []
+        for name in names:
+            space = ctx.space(name)
+            if space is None:
+                shape = ctx.static_shape(name)
+                if shape is None:
+                    barrier(node, ctx, f"concatenates '{name}' of unknown shape")
+                    return
+                space = ctx.new_space(shape[axis], axis, taint=f"{node_label(node)} "
+                                      f"concatenates channels of '{name}', which onnxoto does "
+                                      f"not follow")
+            pieces.append(space)
+        ctx.set_space(node.output[0], Space(axis, np.concatenate([p.slots for p in pieces]),
+                                            np.concatenate([p.dirt for p in pieces])))
+
+    @staticmethod
+    def _join(node, ctx: Tracer, names, tracked) -> None:
+        if len(tracked) != len(names) or len({s.size for s in tracked}) > 1:
+            barrier(node, ctx, "concatenates along another axis with tensors whose channels "
+                               "differ")
+            return
+        result = tracked[0]
+        for other in tracked[1:]:
+            result = ctx.join(result, other)
+        ctx.set_space(node.output[0], result)
+
+
+class SplitRule(Rule):
+    """Split on the channel axis hands each output a range; split sizes are rewritten."""
+
+    op_types = ("Split",)
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        if rank is None:
+            barrier(node, ctx, "has unknown rank")
+            return
+        axis = normalize_axis(int(attrs(node).get("axis", 0)), rank)
+        outputs = [o for o in node.output]
+        if axis != space.axis:
+            for out in outputs:
+                ctx.set_space(out, space)
+            return
+        sizes = ints_from(node, ctx, "split", 1)
+        if sizes is None and input_at(node, 1):
+            barrier(node, ctx, "splits channels by run-time sizes")
+            return
+        if sizes is None:
+            sizes = _even_split(space.size, len(outputs))
+        if sizes is None or sum(sizes) != space.size:
+            barrier(node, ctx, "splits channels unevenly without explicit sizes")
+            return
+        start = 0
+        for out, size in zip(outputs, sizes, strict=True):
+            ctx.set_space(out, space.sliced(slice(start, start + size)))
+            start += size
+
+    def rewrite(self, node, edit: Edit):
+        counts = [edit.kept_count(out) for out in node.output]
+        if any(c is None for c in counts) or edit.axis(node.output[0]) != _split_axis(node, edit):
+            return
+        sizes = np.array(counts, dtype=np.int64)
+        if "split" in attrs(node):
+            edit.set_attr("split", [int(c) for c in counts])
+        elif input_at(node, 1):
+            edit.set_input_const(1, sizes)
+        elif len(set(counts)) > 1:
+            edit.add_input_const(1, sizes)
+            edit.drop_attr("num_outputs")
+
+
+def _split_axis(node, edit: Edit) -> int:
+    rank = edit.rank(node.input[0])
+    return normalize_axis(int(attrs(node).get("axis", 0)), rank)
+
+
+def _even_split(total: int, parts: int) -> list[int] | None:
+    chunk = -(-total // parts)
+    sizes = [chunk] * (parts - 1) + [total - chunk * (parts - 1)]
+    return sizes if sizes[-1] > 0 else None
+
+
+class SliceRule(Rule):
+    """Slice on the channel axis (step 1) keeps a range; starts/ends are rewritten."""
+
+    op_types = ("Slice",)
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        params = _slice_params(node, ctx, rank)
+        if params is None:
+            barrier(node, ctx, "slices by run-time bounds")
+            return
+        starts, ends, axes, steps = params
+        if space.axis not in axes:
+            ctx.set_space(node.output[0], space)
+            return
+        k = axes.index(space.axis)
+        if steps[k] != 1:
+            barrier(node, ctx, "slices channels with a step other than 1")
+            return
+        begin, stop, _ = slice(starts[k], ends[k]).indices(space.size)
+        ctx.set_space(node.output[0], space.sliced(slice(begin, max(begin, stop))))
+
+    def rewrite(self, node, edit: Edit):
+        keep = edit.keep(node.input[0])
+        params = _slice_params(node, edit, edit.rank(node.input[0]))
+        if keep is None or params is None:
+            return
+        starts, ends, axes, _ = params
+        axis = edit.axis(node.input[0])
+        if axis not in axes:
+            return
+        k = axes.index(axis)
+        begin, stop, _ = slice(starts[k], ends[k]).indices(keep.size)
+        new_begin = int(keep[:begin].sum())
+        new_stop = new_begin + int(keep[begin:max(begin, stop)].sum())
+        for index, value in ((1, new_begin), (2, new_stop)):
+            array = np.array(edit.const(node.input[index]), dtype=np.int64, copy=True)
+            array[k] = value
+            edit.set_input_const(index, array)
+
+
+def _slice_params(node, ctx, rank):
+    if rank is None or not input_at(node, 1):
+        return None
+    values = [ctx.const(input_at(node, i)) if input_at(node, i) else None for i in range(1, 5)]
+    starts, ends, axes, steps = values
+    if starts is None or ends is None or (input_at(node, 3) and axes is None) or \
+            (input_at(node, 4) and steps is None):
+        return None
+    starts, ends = [int(v) for v in starts], [int(v) for v in ends]
+    axes = [normalize_axis(int(a), rank) for a in axes] if axes is not None else \
+        list(range(len(starts)))
+    steps = [int(s) for s in steps] if steps is not None else [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+class PadRule(Rule):
+    """Pad leaves channels alone unless it pads the channel axis; a non-zero fill dirties."""
+
+    op_types = ("Pad",)
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        pads = ints_from(node, ctx, "pads", 1)
+        if pads is None or rank is None:
+            barrier(node, ctx, "pads by run-time amounts")
+            return
+        axes = ints_from(node, ctx, "axes", 3) if input_at(node, 3) else list(range(rank))
+        axes = [normalize_axis(a, rank) for a in axes]
+        if space.axis in axes:
+            k = axes.index(space.axis)
+            if pads[k] or pads[k + len(axes)]:
+                barrier(node, ctx, "pads the channel axis")
+                return
+        a = attrs(node)
+        fill = a.get("value", 0.0)
+        if input_at(node, 2):
+            value = ctx.const(node.input[2])
+            fill = None if value is None else float(np.asarray(value).reshape(-1)[0])
+        constant_mode = a.get("mode", b"constant") in (b"constant", "constant")
+        dirt = "pads with a non-zero value" if constant_mode and fill != 0 else None
+        pass_through(node, ctx, dirt=dirt)
+
+
+class ResizeRule(Rule):
+    """Resize/Upsample interpolate within each channel; the channel scale must be 1."""
+
+    op_types = ("Resize", "Upsample")
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        if space is None:
+            return
+        in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
+        if in_shape is None or out_shape is None:
+            barrier(node, ctx, "has shapes unknown before run time")
+            return
+        if out_shape[space.axis] != in_shape[space.axis]:
+            barrier(node, ctx, "resizes the channel axis")
+            return
+        if len(node.input) > 3 and node.input[3]:
+            barrier(node, ctx, "gives explicit output sizes; use scales")
+            return
+        ctx.set_space(node.output[0], space)
+
+
+class ShapeOnlyRule(Rule):
+    """Shape/Size read only the shape, which shrinking changes consistently at run time."""
+
+    op_types = ("Shape", "Size", "Constant", "ConstantOfShape")
+
+    def trace(self, node, ctx):
+        return None
+
+
+class NotYetRule(Rule):
+    """Ops whose channel maps are planned (DepthToSpace blocks, attention heads) but not built."""
+
+    op_types = ("DepthToSpace", "SpaceToDepth")
+
+    def trace(self, node, ctx):
+        barrier(node, ctx, "moves channels into space; its block map is not supported yet")

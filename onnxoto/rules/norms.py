@@ -1,0 +1,115 @@
+"""Normalizations and reductions: per-channel ones attach, ones over the channel axis stop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxoto.rules.base import Rule, attrs, barrier, ints_from, normalize_axis, pass_through
+from onnxoto.spaces import Tracer, node_label
+
+
+class PerChannelNormRule(Rule):
+    """BatchNormalization / InstanceNormalization scale each channel on its own (axis 1).
+
+    Scale and bias are producers: with both zero the output channel is exactly zero whatever
+    came in. BatchNorm's running mean and variance are attached (deleted, need not be zero).
+    """
+
+    op_types = ("BatchNormalization", "InstanceNormalization")
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        if space is None:
+            return
+        if space.axis != 1:
+            barrier(node, ctx, "normalizes axis 1 but the channels are elsewhere")
+            return
+        roles = ["producer", "producer", "attached", "attached"]
+        for name, role in zip(node.input[1:], roles, strict=False):
+            if name and not ctx.const_member(name, 0, role, space.slots, node):
+                barrier(node, ctx, f"has run-time parameter '{name}'")
+                return
+        ctx.set_space(node.output[0], space.cleaned())
+
+
+class ChannelMixingNormRule(Rule):
+    """LayerNormalization over the channel axis counts the channels in its statistics, so
+    deleting a zero channel changes every other channel: never zero-invariant. Over other axes
+    a zero channel becomes its bias, which is not zero.
+    """
+
+    op_types = ("LayerNormalization", "GroupNormalization", "LpNormalization",
+                "MeanVarianceNormalization")
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        if rank is None or node.op_type != "LayerNormalization":
+            barrier(node, ctx, "normalizes across channels (its statistics count them)")
+            return
+        first = normalize_axis(int(attrs(node).get("axis", -1)), rank)
+        if space.axis >= first:
+            ctx.taint(space, f"{node_label(node)} normalizes over the channel axis (its "
+                             f"statistics count the channels)")
+            for name in node.input[1:3]:
+                if name:
+                    ctx.const_member(name, space.axis - first, "attached", space.slots, node)
+            ctx.set_space(node.output[0], space)
+            return
+        pass_through(node, ctx, dirt="normalizes a zero channel to its bias")
+
+
+class SoftmaxRule(Rule):
+    """Softmax over the channel axis mixes channels; over another axis 0 becomes 1/n."""
+
+    op_types = ("Softmax", "LogSoftmax", "Hardmax")
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        if rank is None:
+            barrier(node, ctx, "has unknown rank")
+            return
+        axis = normalize_axis(int(attrs(node).get("axis", -1)), rank)
+        if axis == space.axis:
+            barrier(node, ctx, "normalizes over the channel axis")
+            return
+        pass_through(node, ctx, dirt="maps a zero channel to a non-zero distribution")
+
+
+class ReduceRule(Rule):
+    """Reductions over non-channel axes keep channels (and zeros); over the channel axis stop."""
+
+    op_types = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
+                "ReduceSumSquare")
+
+    def trace(self, node, ctx):
+        space = ctx.space(node.input[0])
+        rank = ctx.rank(node.input[0])
+        if space is None:
+            return
+        axes = ints_from(node, ctx, "axes", 1)
+        a = attrs(node)
+        if rank is None or (axes is None and len(node.input) > 1 and node.input[1]):
+            barrier(node, ctx, "reduces over run-time axes")
+            return
+        if not axes:
+            if int(a.get("noop_with_empty_axes", 0)):
+                ctx.set_space(node.output[0], space)
+                return
+            axes = list(range(rank))
+        axes = sorted(normalize_axis(x, rank) for x in axes)
+        if space.axis in axes:
+            barrier(node, ctx, "reduces over the channel axis")
+            return
+        keep = int(a.get("keepdims", 1))
+        axis = space.axis if keep else space.axis - sum(1 for x in axes if x < space.axis)
+        ctx.set_space(node.output[0], space.on_axis(axis))
+
+
+def _unused(_: Tracer, __: np.ndarray) -> None:  # pragma: no cover - keeps imports honest
+    return None

@@ -1,0 +1,212 @@
+"""Channel spaces: which slot (a future group channel) sits at each index of a tensor's channel axis.
+
+A *slot* is one channel created by a stem. Rules move slot arrays through the graph (copy,
+concatenate, repeat, slice) and *union* slots that must be deleted together (the two sides of an
+Add). A union-find over slots makes this one near-linear pass; groups are formed only at the end.
+
+Two kinds of bad news are tracked separately:
+- a *taint* makes a slot's group non-prunable (a LayerNorm counts its channels, an unknown op);
+- *dirt* marks indices that are not exactly zero when their group's producers are zero (after a
+  Sigmoid, 0 becomes 0.5). Dirt is harmless until the channel is read by a consumer, which taints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxoto.graph import GraphView
+
+CLEAN = 0
+
+
+@dataclass(frozen=True)
+class Space:
+    """Slots along ``axis`` of one tensor; ``dirt[i]`` is 0 or the id of why index i is not 0."""
+
+    axis: int
+    slots: np.ndarray
+    dirt: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.slots.shape[0])
+
+    def on_axis(self, axis: int) -> Space:
+        return Space(axis, self.slots, self.dirt)
+
+    def with_dirt(self, reason_id: int) -> Space:
+        return Space(self.axis, self.slots, np.full_like(self.dirt, reason_id))
+
+    def cleaned(self) -> Space:
+        return Space(self.axis, self.slots, np.zeros_like(self.dirt))
+
+    def take(self, index: np.ndarray | slice) -> np.ndarray:
+        return self.slots[index]
+
+    def sliced(self, index: np.ndarray | slice, axis: int | None = None) -> Space:
+        return Space(self.axis if axis is None else axis, self.slots[index], self.dirt[index])
+
+    def repeated(self, times: int, axis: int) -> Space:
+        """Each channel spread over ``times`` consecutive indices (Flatten of C x H x W)."""
+        return Space(axis, np.repeat(self.slots, times), np.repeat(self.dirt, times))
+
+
+@dataclass
+class MemberRecord:
+    """An initializer axis whose index i belongs to ``slots[i]`` (set while tracing)."""
+
+    initializer: str
+    axis: int
+    role: str
+    slots: np.ndarray
+    node: str
+
+
+class SlotForest:
+    """Union-find over slot ids, grown in chunks; path halving keeps it near-linear."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def new(self, count: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, slot: int) -> int:
+        parent = self.parent
+        while parent[slot] != slot:
+            parent[slot] = parent[parent[slot]]
+            slot = parent[slot]
+        return slot
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        find, parent = self.find, self.parent
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            if x == y:
+                continue
+            rx, ry = find(x), find(y)
+            if rx != ry:
+                if rx < ry:
+                    parent[ry] = rx
+                else:
+                    parent[rx] = ry
+
+    def roots(self) -> np.ndarray:
+        return np.fromiter((self.find(s) for s in range(len(self.parent))), np.int64,
+                           count=len(self.parent))
+
+
+@dataclass
+class Tracer:
+    """What rules see while tracing: graph facts in, spaces/unions/members/taints out."""
+
+    view: GraphView
+    forest: SlotForest = field(default_factory=SlotForest)
+    spaces: dict[str, Space] = field(default_factory=dict)
+    members: list[MemberRecord] = field(default_factory=list)
+    births: list[np.ndarray] = field(default_factory=list)
+    taints: list[tuple[np.ndarray, int]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=lambda: [""])
+    read: set[str] = field(default_factory=set)
+    _reason_ids: dict[str, int] = field(default_factory=dict)
+
+    # --- reasons -------------------------------------------------------------------------
+    def reason(self, text: str) -> int:
+        """Intern a human-readable reason; returns its id (never 0, which means clean)."""
+        rid = self._reason_ids.get(text)
+        if rid is None:
+            rid = len(self.reasons)
+            self.reasons.append(text)
+            self._reason_ids[text] = rid
+        return rid
+
+    # --- spaces --------------------------------------------------------------------------
+    def space(self, tensor: str) -> Space | None:
+        """The channels of ``tensor`` (None if it carries none); marks the input as handled."""
+        if not tensor:
+            return None
+        self.read.add(tensor)
+        return self.spaces.get(tensor)
+
+    def set_space(self, tensor: str, space: Space | None) -> None:
+        if space is not None and tensor:
+            self.spaces[tensor] = space
+
+    def new_space(self, size: int, axis: int, *, taint: str | None = None) -> Space:
+        """Fresh channels (a stem's outputs); tainted at birth when ``taint`` says why."""
+        slots = self.forest.new(size)
+        self.births.append(slots)
+        if taint:
+            self.taints.append((slots, self.reason(taint)))
+        return Space(axis, slots, np.zeros(size, dtype=np.int32))
+
+    def join(self, a: Space, b: Space, *, zero_if: str = "both") -> Space:
+        """Union two equally long spaces index by index (both sides are deleted together).
+
+        ``zero_if="both"`` (Add, Max...): the result is zero only where both sides are;
+        ``"either"`` (Mul): zero where either side is.
+        """
+        self.forest.union(a.slots, b.slots)
+        if zero_if == "either":
+            dirt = np.where((a.dirt == CLEAN) | (b.dirt == CLEAN), CLEAN, a.dirt)
+        else:
+            dirt = np.where(a.dirt != CLEAN, a.dirt, b.dirt)
+        return Space(a.axis, a.slots, dirt.astype(np.int32))
+
+    # --- taints --------------------------------------------------------------------------
+    def taint(self, space: Space | None, text: str) -> None:
+        if space is not None and space.size:
+            self.taints.append((space.slots, self.reason(text)))
+
+    def taint_inputs(self, node, text: str) -> None:
+        for name in node.input:
+            self.taint(self.space(name), text)
+
+    def consume(self, space: Space, node) -> None:
+        """A consumer reads these channels: any that are not exactly zero taint their group."""
+        dirty = space.dirt != CLEAN
+        if not dirty.any():
+            return
+        for rid in np.unique(space.dirt[dirty]).tolist():
+            where = space.dirt == rid
+            text = f"{self.reasons[rid]}, and {node_label(node)} reads that value"
+            self.taints.append((space.slots[where], self.reason(text)))
+
+    # --- members -------------------------------------------------------------------------
+    def member(self, initializer: str, axis: int, role: str, slots: np.ndarray, node) -> None:
+        self.members.append(MemberRecord(initializer, axis, role, np.asarray(slots), node.name))
+
+    def const_member(
+        self, tensor: str, tensor_axis: int, role: str, slots: np.ndarray, node
+    ) -> bool:
+        """Record a member for a constant input, looking through Transpose/Identity of weights.
+
+        Returns False (and records nothing) when the tensor is not a traceable constant.
+        """
+        source = self.view.const_source(tensor)
+        if source is None:
+            return False
+        initializer, perm = source
+        self.member(initializer, perm[tensor_axis], role, slots, node)
+        return True
+
+    # --- graph facts ---------------------------------------------------------------------
+    def const(self, name: str) -> np.ndarray | None:
+        return self.view.const(name)
+
+    def shape(self, name: str) -> tuple[int | None, ...] | None:
+        return self.view.shape(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        return self.view.static_shape(name)
+
+    def rank(self, name: str) -> int | None:
+        return self.view.rank(name)
+
+
+def node_label(node) -> str:
+    """How reasons name a node: op type and name, so a person can find it in Netron."""
+    return f"{node.op_type} node '{node.name}'"
