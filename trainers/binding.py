@@ -383,7 +383,10 @@ def _transpose_pads(
     node: OnnxNode, spatial: Sequence[int], full: Sequence[int], extra: Sequence[int],
     strides: Sequence[int],
 ) -> list[tuple[int, int]]:
-    """ConvTranspose crop per axis: from ``pads``, or derived from output_shape / auto_pad."""
+    """ConvTranspose crop per axis: from ``pads``, or derived from output_shape / auto_pad.
+
+    The odd pixel goes to the tail for SAME_UPPER, else to the head, as onnxruntime does.
+    """
     auto = node.attr("auto_pad", "NOTSET")
     target = node.attr("output_shape")
     if target is None and auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -394,7 +397,7 @@ def _transpose_pads(
     for length, extra_pad, want in zip(full, extra, target[-len(full):], strict=True):
         total = length + extra_pad - want
         half = total // 2
-        pads.append((total - half, half) if auto == "SAME_UPPER" else (half, total - half))
+        pads.append((half, total - half) if auto == "SAME_UPPER" else (total - half, half))
     return pads
 
 
@@ -987,7 +990,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike) -> None:
         super().__init__()
-        proto = load_model(model)
+        proto = load_model(model, check=False)
         if proto.functions:
             proto = onnx.inliner.inline_local_functions(proto)
         graph = proto.graph

@@ -376,7 +376,8 @@ class ShapeOnlyRule(Rule):
     op_types = ("Shape", "Size", "Constant", "ConstantOfShape")
 
     def trace(self, node, ctx):
-        return None
+        for name in node.input:
+            ctx.space(name)
 
 
 class NotYetRule(Rule):

@@ -1,0 +1,29 @@
+"""Shared fixtures: the zoo is exported once per test session, per exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+EXPORTERS = ("legacy", "dynamo")
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory):
+    """exported(name, exporter) -> path of the ONNX file, exported on first use."""
+    from models.export import export_onnx
+    from models.zoo import ZOO, build
+
+    folder = tmp_path_factory.mktemp("zoo")
+    done: dict[tuple[str, str], Path] = {}
+
+    def exported(name: str, exporter: str = "legacy") -> Path:
+        key = (name, exporter)
+        if key not in done:
+            suffix = ".dynamo.onnx" if exporter == "dynamo" else ".onnx"
+            done[key] = export_onnx(build(name, seed=0), ZOO[name].input_shape,
+                                    folder / f"{name}{suffix}", dynamo=exporter == "dynamo")
+        return done[key]
+
+    return exported

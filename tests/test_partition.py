@@ -1,0 +1,137 @@
+"""Partition of the whole zoo: every prunable group is zero-invariant, in onnxruntime."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import pytest
+
+from models.zoo import light_names
+from onnxoto import runtime
+from onnxoto.errors import OnnxotoError
+from onnxoto.partition import explain, partition
+from tests.conftest import EXPORTERS
+from tests.invariance import invariance_gap, removal_mask
+
+CASES = [(name, exporter) for name in light_names() for exporter in EXPORTERS]
+
+
+@pytest.mark.parametrize(("name", "exporter"), CASES)
+def test_every_prunable_group_is_zero_invariant(zoo_cache, name, exporter):
+    path = zoo_cache(name, exporter)
+    result = partition(path)
+    model = onnx.load(path)
+    inputs = runtime.random_inputs(model, seed=1)
+    assert result.prunable, f"{name}: no prunable group"
+    for group in result.prunable:
+        gap, change = invariance_gap(model, group, removal_mask(group, group.id), inputs)
+        assert gap <= 1e-5, f"{name} group {group.id}: consumers matter (gap {gap:.2e})"
+        assert change > 0, f"{name} group {group.id}: zeroing its producers changes nothing"
+
+
+def test_a_missed_add_branch_is_caught(zoo_cache):
+    """Drop the producers of one branch of a residual Add: the invariance check must fail."""
+    path = zoo_cache("resnet_basic")
+    model = onnx.load(path)
+    result = partition(path)
+    nodes = {n.name: n for n in model.graph.node}
+    producer_of = {out: n for n in model.graph.node for out in n.output}
+
+    def bn_nodes(group):
+        return [nodes[m.node] for m in group.by_role("producer")
+                if nodes[m.node].op_type == "BatchNormalization"]
+
+    joined = next(g for g in result.prunable if len({n.name for n in bn_nodes(g)}) > 1)
+    bn = bn_nodes(joined)[0]
+    branch = {bn.name, producer_of[bn.input[0]].name}
+    broken = dataclasses.replace(joined, members=[m for m in joined.members
+                                                  if m.node not in branch])
+    gap, _ = invariance_gap(model, broken, removal_mask(broken, 0),
+                            runtime.random_inputs(model, seed=1))
+    assert gap > 1e-3
+
+
+def _sizes(result, prunable):
+    return [g.size for g in result.groups if g.prunable == prunable]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mlpnet_groups_are_exact(zoo_cache, exporter):
+    result = partition(zoo_cache("mlpnet", exporter))
+    assert _sizes(result, True) == [40, 20]
+    assert _sizes(result, False) == [10]
+    logits = next(g for g in result.groups if not g.prunable)
+    assert "graph output" in logits.reason
+
+
+def test_demonet_groups_are_exact(zoo_cache):
+    result = partition(zoo_cache("demonet"))
+    assert _sizes(result, True) == [64, 128, 256, 128]
+    assert _sizes(result, False) == [10]
+    joined = result.groups[1]
+    producers = {m.initializer for m in joined.by_role("producer")}
+    assert {"conv2.weight", "conv3.weight", "bn2.weight", "bn3.weight"} <= producers
+    bn4 = {(m.group_offset if hasattr(m, "group_offset") else m.index_map.offset)
+           for g in result.groups for m in g.members if m.initializer == "bn4.weight"}
+    assert bn4 == {0, 64}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_convnext_layernorm_space_is_not_prunable(zoo_cache, exporter):
+    result = partition(zoo_cache("convnext", exporter))
+    stem = next(g for g in result.groups if any(m.initializer.startswith("stem")
+                                                for m in g.by_role("producer")))
+    assert not stem.prunable
+    assert "LayerNormalization" in stem.reason
+    assert "normalizes over the channel axis" in stem.reason
+    hidden = [g.size for g in result.prunable]
+    assert hidden == [128, 128]
+
+
+@pytest.mark.parametrize(("exporter", "stopper"), [
+    ("dynamo", "normalizes over the channel axis"),
+    ("legacy", "takes its target shape from a run-time computation"),  # flatten(2) via Shape
+])
+def test_vit_mlp_hidden_groups_prunable_attention_not(zoo_cache, exporter, stopper):
+    result = partition(zoo_cache("vit", exporter))
+    assert [g.size for g in result.prunable] == [64, 64]
+    reasons = " ".join(g.reason for g in result.groups if not g.prunable)
+    assert stopper in reasons
+    assert "splits or mixes the channel axis" in reasons  # q, k, v reshaped into heads
+
+
+def test_resnet50_partition(zoo_cache):
+    result = partition(zoo_cache("resnet50"))
+    # 1 stem + 16 blocks x 2 inner groups + 4 stage outputs (joined by the residual Adds) + fc
+    assert result.summary["groups"] == 1 + 32 + 4 + 1
+    assert result.summary["prunable"] == 37
+
+
+def test_explain_names_group_and_reason(zoo_cache):
+    result = partition(zoo_cache("mlpnet"))
+    text = explain(result, "3.weight")
+    assert "group 0 (40 channels): prunable" in text
+    assert "group 1 (20 channels): prunable" in text
+    text = explain(result, "5.bias")
+    assert "NOT prunable" in text and "graph output" in text
+    with pytest.raises(OnnxotoError, match="neither a node nor an initializer"):
+        explain(result, "no_such_thing")
+
+
+def test_partition_json_round_trip(zoo_cache, tmp_path):
+    from onnxoto.groups import groups_from_json
+
+    result = partition(zoo_cache("densenet"))
+    out = tmp_path / "partition.json"
+    result.save(out)
+    groups, model_info = groups_from_json(out.read_text())
+    assert groups == result.groups
+    assert model_info["sha256"] == result.model_info["sha256"]
+
+
+def test_partition_does_not_modify_input(zoo_cache):
+    path = zoo_cache("se_net")
+    before = path.read_bytes()
+    partition(path)
+    assert path.read_bytes() == before

@@ -1,0 +1,154 @@
+"""Stem rules (Conv, ConvTranspose, Gemm, MatMul) on tiny graphs: groups, members, invariance."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxoto.groups import IndexMap
+from onnxoto.partition import partition
+from tests.graphs import GraphBuilder, assert_invariant, group_with, member, roles
+
+
+def _image(g: GraphBuilder, channels: int = 3, size: int = 6) -> str:
+    return g.input("x", [1, channels, size, size])
+
+
+def test_conv_stem_feeds_conv_consumer():
+    g = GraphBuilder(seed=0)
+    y = g.op("Relu", [g.conv(_image(g), 8, k=3, pad=1, name="c1")])
+    model = g.build([g.conv(y, 4, name="c2")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(8, True), (4, False)]
+    stem = result.groups[0]
+    assert roles(stem) == {"c1.weight": "producer", "c2.weight": "consumer"}
+    assert member(stem, "c1.weight").axis == 0
+    assert member(stem, "c2.weight").axis == 1
+    assert member(stem, "c2.weight").index_map == IndexMap()
+    last = result.groups[1]
+    assert "graph output 'c2_out'" in last.reason
+    assert_invariant(model, result)
+
+
+def test_conv_bias_is_a_producer():
+    g = GraphBuilder(seed=1)
+    y = g.op("Relu", [g.conv(_image(g), 8, k=3, bias=True, name="c1")])
+    model = g.build([g.conv(y, 4, name="c2")])
+    result = partition(model)
+    stem = group_with(result, "c1.bias")
+    assert stem.prunable
+    assert roles(stem) == {"c1.weight": "producer", "c1.bias": "producer",
+                           "c2.weight": "consumer"}
+    assert member(stem, "c1.bias").axis == 0
+    assert_invariant(model, result)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_conv_keeps_its_input_channels(multiplier):
+    g = GraphBuilder(seed=2)
+    y = g.op("Relu", [g.conv(_image(g), 8, name="c1")])
+    y = g.conv(y, 8 * multiplier, k=3, pad=1, group=8, bias=True, name="dw")
+    model = g.build([g.conv(g.op("Relu", [y]), 4, name="c3")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(8, True), (4, False)]
+    stem = result.groups[0]
+    assert roles(stem) == {"c1.weight": "producer", "dw.weight": "attached",
+                           "dw.bias": "producer", "c3.weight": "consumer"}
+    expected = IndexMap(block=multiplier)
+    for name, axis in (("dw.weight", 0), ("dw.bias", 0), ("c3.weight", 1)):
+        m = member(stem, name)
+        assert m.axis == axis
+        assert list(m.index_map.indices([3])) == list(expected.indices([3])), name
+        assert m.index_map.block == multiplier
+    assert_invariant(model, result)
+
+
+def test_grouped_conv_is_not_prunable_and_says_why():
+    g = GraphBuilder(seed=3)
+    y = g.op("Relu", [g.conv(_image(g), 8, name="c1")])
+    y = g.op("Relu", [g.conv(y, 8, k=3, pad=1, group=2, name="gconv")])
+    model = g.build([g.conv(y, 4, name="c3")])
+    result = partition(model)
+    assert [grp.size for grp in result.groups] == [8, 8, 4]
+    assert not result.prunable
+    for grp in result.groups[:2]:
+        assert "Conv node 'gconv'" in grp.reason and "grouped conv" in grp.reason, grp.reason
+
+
+def test_conv_transpose_stem_and_consumer_axes():
+    g = GraphBuilder(seed=4)
+    y = g.op("Relu", [g.conv(_image(g), 8, name="c1")])
+    y = g.op("Relu", [g.conv_transpose(y, 6, bias=True, name="up")])
+    model = g.build([g.conv(y, 4, name="c3")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(8, True), (6, True),
+                                                                    (4, False)]
+    first, second = result.groups[:2]
+    assert roles(first) == {"c1.weight": "producer", "up.weight": "consumer"}
+    assert member(first, "up.weight").axis == 0
+    assert roles(second) == {"up.weight": "producer", "up.bias": "producer",
+                             "c3.weight": "consumer"}
+    assert member(second, "up.weight").axis == 1
+    assert member(second, "up.bias").axis == 0
+    assert_invariant(model, result)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_stem_axes_follow_trans_b(trans_b):
+    g = GraphBuilder(seed=5)
+    x = g.input("x", [2, 10])
+    y = g.op("Relu", [g.gemm(x, 12, trans_b=trans_b, name="fc1")])
+    model = g.build([g.gemm(y, 5, trans_b=trans_b, name="fc2")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(12, True), (5, False)]
+    hidden = result.groups[0]
+    assert roles(hidden) == {"fc1.weight": "producer", "fc1.bias": "producer",
+                             "fc2.weight": "consumer"}
+    out_axis, in_axis = (0, 1) if trans_b else (1, 0)
+    assert member(hidden, "fc1.weight").axis == out_axis
+    assert member(hidden, "fc2.weight").axis == in_axis
+    assert member(hidden, "fc1.bias").axis == 0
+    assert_invariant(model, result)
+
+
+def test_matmul_with_2d_weight_on_rank3_tokens():
+    g = GraphBuilder(seed=6)
+    x = g.input("x", [1, 5, 6])
+    h = g.matmul(x, 10, name="fc1")
+    h = g.op("Add", [h, g.weight("fc1.bias", [10])])
+    model = g.build([g.matmul(g.op("Relu", [h]), 4, name="fc2")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(10, True), (4, False)]
+    hidden = result.groups[0]
+    assert roles(hidden) == {"fc1.weight": "producer", "fc1.bias": "producer",
+                             "fc2.weight": "consumer"}
+    assert member(hidden, "fc1.weight").axis == 1
+    assert member(hidden, "fc2.weight").axis == 0
+    assert_invariant(model, result)
+
+
+def test_matmul_weight_behind_transpose_uses_original_axes():
+    g = GraphBuilder(seed=7)
+    x = g.input("x", [1, 5, 6])
+    h = g.op("Relu", [g.matmul(x, 10, transposed=True, name="fc1")])
+    model = g.build([g.matmul(h, 4, transposed=True, name="fc2")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(10, True), (4, False)]
+    hidden = result.groups[0]
+    assert roles(hidden) == {"fc1.weight": "producer", "fc2.weight": "consumer"}
+    assert member(hidden, "fc1.weight").axis == 0
+    assert member(hidden, "fc2.weight").axis == 1
+    assert_invariant(model, result)
+
+
+def test_matmul_of_two_runtime_tensors_is_a_barrier():
+    g = GraphBuilder(seed=8)
+    x = g.input("x", [1, 5, 6])
+    q = g.matmul(x, 8, name="q")
+    k = g.op("Transpose", [g.matmul(x, 8, name="k")], perm=[0, 2, 1])
+    scores = g.op("MatMul", [q, k], name="scores")
+    model = g.build([g.op("Softmax", [scores], axis=-1)])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(8, False), (8, False)]
+    for grp in result.groups:
+        assert "MatMul node 'scores'" in grp.reason
+        assert "two run-time tensors" in grp.reason

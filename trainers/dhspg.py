@@ -1,0 +1,297 @@
+"""DHSPG (OTOv2's dual half-space projected gradient): train while driving whole ZIGs to 0.
+
+Each step computes a plain direction d (SGD or Adam) for every parameter. After warm-up, every
+``period`` steps the ZIGs with the lowest salience form the redundant set. Important ZIGs and
+ungrouped parameters take x -= lr * d. Redundant ZIGs take x -= lr * (d + lam_g * x / ||x||),
+then a half-space projection sets a ZIG exactly to 0 once the step leaves the half-space
+{y : <y, x> >= epsilon * ||x||^2}. All per-ZIG work is vectorized through ``ZigIndex``.
+Deterministic on CPU; on CUDA enable ``torch.use_deterministic_algorithms`` (index_add_).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from trainers.zig import ZigIndex
+
+__all__ = ["DHSPG", "DHSPGOptions", "redundant_lambdas", "salience"]
+
+_VARIANT_DEFAULTS = {  # lam, lam_amplify, lam_hat (OTOv2's published settings)
+    "sgd": (1e-3, 2.0, 10.0),
+    "adam": (1e-2, 20.0, 1e3),
+}
+
+
+@dataclass
+class DHSPGOptions:
+    """DHSPG settings. lam, lam_amplify and lam_hat default per variant (sgd 1e-3, 2, 10;
+    adam 1e-2, 20, 1e3). ``epsilon`` is the half-space threshold in [0, 0.95]; ``period`` is the
+    number of steps between re-selections of the redundant set."""
+
+    lr: float = 0.1
+    variant: str = "sgd"
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    target_group_sparsity: float = 0.5
+    epsilon: float = 0.0
+    lam: float | None = None
+    lam_amplify: float | None = None
+    lam_hat: float | None = None
+    warmup_steps: int = 0
+    period: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.variant not in _VARIANT_DEFAULTS:
+            raise ValueError(f"variant {self.variant!r}: choose from {list(_VARIANT_DEFAULTS)}")
+        lam, amplify, hat = _VARIANT_DEFAULTS[self.variant]
+        self.lam = lam if self.lam is None else self.lam
+        self.lam_amplify = amplify if self.lam_amplify is None else self.lam_amplify
+        self.lam_hat = hat if self.lam_hat is None else self.lam_hat
+        self.betas = tuple(self.betas)
+        checks = {
+            "lr": self.lr >= 0,
+            "target_group_sparsity": 0 <= self.target_group_sparsity < 1,
+            "epsilon": 0 <= self.epsilon <= 0.95,
+            "lam": self.lam >= 0,
+            "lam_amplify": self.lam_amplify >= 1,
+            "lam_hat": self.lam_hat >= 1,
+            "period": self.period >= 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "momentum": 0 <= self.momentum < 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"DHSPGOptions: out of range: {', '.join(bad)}")
+
+
+def redundant_lambdas(
+    xx: torch.Tensor, xd: torch.Tensor, dd: torch.Tensor, *, lam: float, amplify: float,
+    hat: float,
+) -> torch.Tensor:
+    """Per-ZIG lam_g for the redundant step s = d + lam_g * x/||x|| (the update is x -= lr*s).
+
+    Descent needs <s, d> > 0: ||d||^2 + lam_g <x,d>/||x|| > 0, so if <x,d> < 0,
+    lam_g < U = ||d||^2 ||x|| / -<x,d>. Shrinking ||x|| needs <s, x> > 0: lam_g > L = -<x,d>/||x||.
+    L < U by Cauchy-Schwarz unless x and d are parallel. We take amplify * L clipped into
+    [lam, lam * hat], and the midpoint (L + U) / 2 if that lands outside (L, U); lam if <x,d> >= 0.
+    """
+    norm = xx.sqrt().clamp_min(torch.finfo(xx.dtype).tiny)
+    lower = (-xd / norm).clamp_min(0)
+    upper = torch.where(xd < 0, dd * norm / (-xd).clamp_min(torch.finfo(xx.dtype).tiny),
+                        torch.full_like(xx, math.inf))
+    candidate = (amplify * lower).clamp(lam, lam * hat)
+    inside = (candidate > lower) & (candidate < upper)
+    return torch.where(inside, candidate, (lower + upper) / 2)
+
+
+def salience(xx: torch.Tensor, xd: torch.Tensor, dd: torch.Tensor,
+             sizes: torch.Tensor) -> torch.Tensor:
+    """Per-ZIG importance: 1/2 cos(x, -d) + 1/2 ||x||/size, each min-max normalized over the
+    non-zero ZIGs; zero ZIGs get -inf (always redundant).
+
+    cos(x, -d) is high when the descent step grows the ZIG (the loss wants it), low when the
+    step already shrinks it (the loss does not resist its removal): low means redundant.
+    """
+    tiny = torch.finfo(xx.dtype).tiny
+    norm, dnorm = xx.sqrt(), dd.sqrt()
+    cos = -xd / (norm * dnorm).clamp_min(tiny)
+    live = xx > 0
+    score = 0.5 * _min_max(cos, live) + 0.5 * _min_max(norm / sizes, live)
+    return score.masked_fill(~live, -math.inf)
+
+
+def _min_max(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    lo = torch.where(valid, values, math.inf).min()
+    hi = torch.where(valid, values, -math.inf).max()
+    return (values - lo) / (hi - lo).clamp_min(torch.finfo(values.dtype).eps)
+
+
+class DHSPG(torch.optim.Optimizer):
+    """OTOv2 DHSPG over named parameters; ZIGs come from ``build_zig_index`` on the same tensors.
+
+    One param group; its ``lr`` is read each step, so LR schedulers work. Parameters without a
+    gradient are skipped, except ZIG parameters, which then count a zero gradient.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+        zig: ZigIndex,
+        options: DHSPGOptions | None = None,
+    ) -> None:
+        named = dict(params.items() if isinstance(params, Mapping) else params)
+        self.options = options or DHSPGOptions()
+        opt = self.options
+        super().__init__(list(named.values()), dict(lr=opt.lr))
+        self.named = named
+        self.zig = zig
+        for entry in zig.entries:
+            if named.get(entry.name) is not entry.param:
+                raise ValueError(f"ZIG parameter '{entry.name}' is not the tensor given to DHSPG; "
+                                 f"build the ZigIndex from the same parameters")
+        self._zig_names = {e.name for e in zig.entries}
+        device = zig.device
+        self._sizes = zig.sizes.to(torch.float32) if zig.num_groups else None
+        generator = torch.Generator().manual_seed(opt.seed)
+        self._tiebreak = torch.randperm(zig.num_groups, generator=generator).to(device)
+        self._t = 0
+        self._redundant = torch.zeros(zig.num_groups, dtype=torch.bool, device=device)
+        self._lam = torch.zeros(zig.num_groups, device=device)
+
+    # ------------------------------------------------------------------ direction
+
+    def _direction(self, name: str, p: torch.Tensor) -> torch.Tensor | None:
+        """Plain SGD (momentum, L2 decay) or bias-corrected Adam direction; the step is -lr*d."""
+        opt = self.options
+        grad = p.grad
+        if grad is None:
+            if name not in self._zig_names:
+                return None
+            grad = torch.zeros_like(p)
+        if opt.weight_decay:
+            grad = grad.add(p, alpha=opt.weight_decay)
+        state = self.state[p]
+        if opt.variant == "adam":
+            beta1, beta2 = opt.betas
+            if "exp_avg" not in state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+            state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            m_hat = state["exp_avg"] / (1 - beta1 ** state["step"])
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+            return m_hat / (v_hat.sqrt() + opt.eps)
+        if opt.momentum:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = grad.clone()
+            else:
+                state["momentum_buffer"].mul_(opt.momentum).add_(grad)
+            return state["momentum_buffer"]
+        return grad
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One DHSPG step; returns the closure's loss if one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        lr = self.param_groups[0]["lr"]
+        directions = {}
+        for name, p in self.named.items():
+            d = self._direction(name, p)
+            if d is not None:
+                directions[name] = d
+        if self.in_warmup or self.zig.num_groups == 0:
+            for name, d in directions.items():
+                self.named[name].add_(d, alpha=-lr)
+        else:
+            self._sparse_step(directions, lr)
+        self._t += 1
+        return loss
+
+    @property
+    def in_warmup(self) -> bool:
+        return self._t < self.options.warmup_steps
+
+    def _sparse_step(self, directions: dict[str, torch.Tensor], lr: float) -> None:
+        zig, opt = self.zig, self.options
+        xs = [e.gather(e.param) for e in zig.entries]
+        ds = [e.gather(directions[e.name]) for e in zig.entries]
+        xx = zig.segment_sum([x * x for x in xs])
+        xd = zig.segment_sum([x * d for x, d in zip(xs, ds, strict=True)])
+        dd = zig.segment_sum([d * d for d in ds])
+        if (self._t - opt.warmup_steps) % opt.period == 0:
+            self._redundant = self._select(xx, xd, dd)
+        lam = redundant_lambdas(xx, xd, dd, lam=opt.lam, amplify=opt.lam_amplify,
+                                hat=opt.lam_hat)
+        self._lam = torch.where(self._redundant, lam, 0)
+        norm = xx.sqrt()
+        coef = torch.where(self._redundant & (norm > 0), lam / norm.clamp_min(1e-30), 0)
+        new = [x - lr * (d + coef[e.zig] * x) for e, x, d in zip(zig.entries, xs, ds, strict=True)]
+        kept = zig.segment_sum([n * x for n, x in zip(new, xs, strict=True)])
+        project = self._redundant & ((kept < opt.epsilon * xx) | (xx == 0))
+        self._write(directions, new, project, lr)
+
+    def _select(self, xx: torch.Tensor, xd: torch.Tensor, dd: torch.Tensor) -> torch.Tensor:
+        """Redundant set: the floor(K * target) lowest-salience ZIGs, plus every zero ZIG."""
+        score = salience(xx, xd, dd, self._sizes)
+        count = max(math.floor(self.zig.num_groups * self.options.target_group_sparsity),
+                    int((xx == 0).sum()))
+        order = torch.argsort(score[self._tiebreak], stable=True)
+        redundant = torch.zeros_like(self._redundant)
+        redundant[self._tiebreak[order[:count]]] = True
+        return redundant
+
+    def _write(self, directions: dict[str, torch.Tensor], new: list[torch.Tensor],
+               project: torch.Tensor, lr: float) -> None:
+        """Plain step everywhere, then the ZIG elements' values, projected ones exactly 0."""
+        entries = {e.name: (e, n) for e, n in zip(self.zig.entries, new, strict=True)}
+        for name, d in directions.items():
+            p = self.named[name]
+            if name not in entries:
+                p.add_(d, alpha=-lr)
+                continue
+            entry, values = entries[name]
+            values = values.masked_fill(project[entry.zig], 0)
+            if entry.dense:
+                p.view(-1).copy_(values)
+            else:
+                p.add_(d, alpha=-lr)
+                p.view(-1)[entry.flat] = values
+        for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+            buffers = {e.name: self.state[e.param][key] for e in self.zig.entries
+                       if key in self.state[e.param]}
+            self.zig.zero_(buffers, project)
+
+    # ------------------------------------------------------------------ reporting and resume
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, Any]:
+        """Numbers to log per epoch, so 'sparsity does not rise' can be traced to its cause."""
+        zig = self.zig
+        norms = zig.group_sq_norms().sqrt() if zig.num_groups else torch.zeros(0)
+        redundant = self._redundant
+        live = redundant & (norms > 0)
+        return {
+            "step": self._t,
+            "in_warmup": self.in_warmup,
+            "num_zigs": zig.num_groups,
+            "target_group_sparsity": self.options.target_group_sparsity,
+            "redundant_count": int(redundant.sum()),
+            "group_sparsity": zig.zero_fraction(),
+            "redundant_mean_norm": _mean(norms[redundant]),
+            "important_mean_norm": _mean(norms[~redundant]),
+            "mean_lam": _mean(self._lam[live]),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state plus DHSPG's step count, redundant set and last lambdas."""
+        out = super().state_dict()
+        out["dhspg"] = {"step": self._t, "redundant": self._redundant.clone(),
+                        "lam": self._lam.clone(), "options": asdict(self.options)}
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict()``; the next step is then identical to the saved run's."""
+        state = dict(state_dict)
+        extra = state.pop("dhspg")
+        super().load_state_dict(state)
+        device = self._redundant.device
+        self._t = int(extra["step"])
+        self._redundant = extra["redundant"].to(device=device, dtype=torch.bool)
+        self._lam = extra["lam"].to(device)
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.mean()) if values.numel() else 0.0
