@@ -29,6 +29,10 @@ class IndexMap:
     stride: int = 1
     step: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.step == self.block * self.stride:
+            object.__setattr__(self, "step", None)  # one canonical form, so equal maps compare
+
     @property
     def channel_step(self) -> int:
         return self.block * self.stride if self.step is None else self.step

@@ -41,6 +41,7 @@ class GraphBuilder:
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.domains: set[str] = set()
+        self.value_info: list[onnx.ValueInfoProto] = []
         self._count = 0
 
     # --- tensors ------------------------------------------------------------------------
@@ -52,6 +53,11 @@ class GraphBuilder:
               elem_type: int = TensorProto.FLOAT) -> str:
         """A graph input (strings or None are dynamic dims)."""
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+        return name
+
+    def declare(self, name: str, shape: Sequence[int]) -> str:
+        """State a float tensor's shape where onnx cannot infer it (function ops)."""
+        self.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
         return name
 
     def init(self, name: str, array) -> str:
@@ -99,12 +105,10 @@ class GraphBuilder:
         return outs[0] if outputs == 1 else outs
 
     def conv(self, x: str, c_out: int, *, k: int = 1, pad: int = 0, stride: int = 1,
-             group: int = 1, bias: bool = False, name: str | None = None,
-             c_in: int | None = None) -> str:
-        """Conv with weight ``<name>.weight`` (and ``<name>.bias``); ``c_in`` defaults to the
-        inferred channel count of ``x`` (give it where shape inference cannot)."""
+             group: int = 1, bias: bool = False, name: str | None = None) -> str:
+        """Conv with weight ``<name>.weight`` (and ``<name>.bias``)."""
         name = name or self._fresh("conv")
-        c_in = c_in or self.shape(x)[1]
+        c_in = self.shape(x)[1]
         inputs = [x, self.weight(f"{name}.weight", [c_out, c_in // group, k, k])]
         if bias:
             inputs.append(self.weight(f"{name}.bias", [c_out]))
@@ -160,7 +164,8 @@ class GraphBuilder:
     # --- model --------------------------------------------------------------------------
     def _model(self, outputs: Sequence[str], *, check: bool) -> onnx.ModelProto:
         outs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs]
-        graph = helper.make_graph(self.nodes, "test", self.inputs, outs, initializer=self.inits)
+        graph = helper.make_graph(self.nodes, "test", self.inputs, outs, initializer=self.inits,
+                                  value_info=self.value_info)
         opsets = [helper.make_opsetid("", self.opset)]
         opsets += [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
         model = helper.make_model(graph, opset_imports=opsets)
@@ -170,7 +175,8 @@ class GraphBuilder:
         return model
 
     def build(self, outputs: Sequence[str]) -> onnx.ModelProto:
-        """The model with typed outputs; runs shape inference (strict) and ``onnx.checker``."""
+        """The model with typed outputs; runs shape inference (strict unless a custom domain
+        is used) and ``onnx.checker``."""
         model = self._model(outputs, check=False)
         inferred = shape_inference.infer_shapes(model, strict_mode=not self.domains)
         graph = inferred.graph

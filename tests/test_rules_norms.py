@@ -83,15 +83,18 @@ def test_layernorm_over_spatial_axes_leaves_bias_dirt():
         result.groups[0].reason
 
 
-@pytest.mark.parametrize("op_type", ["GroupNormalization", "LpNormalization"])
+@pytest.mark.parametrize("op_type", ["GroupNormalization", "LpNormalization",
+                                     "MeanVarianceNormalization"])
 def test_other_channel_mixing_norms_are_barriers(op_type):
     opset = 21 if op_type == "GroupNormalization" else 17
     g = GraphBuilder(seed=35, opset=opset)
     extra = ([g.weight("gn.scale", [8], low=0.5, high=1.5), g.weight("gn.bias", [8])]
              if op_type == "GroupNormalization" else [])
-    attrs = {"num_groups": 2} if op_type == "GroupNormalization" else {"axis": 1}
+    attrs = {"GroupNormalization": {"num_groups": 2}, "LpNormalization": {"axis": 1},
+             "MeanVarianceNormalization": {"axes": [1, 2, 3]}}[op_type]
     y = g.op(op_type, [_stem(g), *extra], name="norm", **attrs)
-    model = g.build([g.conv(y, 4, name="c2", c_in=8)])
+    g.declare(y, [1, 8, 6, 6])
+    model = g.build([g.conv(y, 4, name="c2")])
     result = partition(model)
     assert _sizes(result) == [(8, False), (4, False)]
     assert f"{op_type} node 'norm' normalizes across channels" in result.groups[0].reason
