@@ -245,12 +245,17 @@ def _elements(tensor: onnx.TensorProto) -> int:
     return count
 
 
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on the weightless copy; on failure the copy as it was (shapes unknown)."""
+    light = light_copy(model)
     try:
-        inferred = shape_inference.infer_shapes(light_copy(model), strict_mode=False,
-                                                data_prop=True)
+        return shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:
-        inferred = model
+        return light
+
+
+def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    inferred = infer_shapes(model)
     shapes: dict[str, tuple[int | None, ...]] = {}
     graph = inferred.graph
     for info in list(graph.input) + list(graph.value_info) + list(graph.output):

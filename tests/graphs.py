@@ -169,7 +169,7 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", self.opset)]
         opsets += [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
         model = helper.make_model(graph, opset_imports=opsets)
-        model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for(opsets))
+        model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for(opsets[:1]))
         if check:
             onnx.checker.check_model(model)
         return model

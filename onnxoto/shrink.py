@@ -1,0 +1,259 @@
+"""Delete masked channels from the graph and prove the slim model computes the same function.
+
+Initializers are sliced member by member (index maps included); the rules fix the attributes
+and shape constants of their nodes; stale intermediate shapes are dropped and re-inferred. The
+reference for validation is the full model with the removed channels' producers set to zero.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.graph import GraphView, ModelLike, infer_shapes, light_copy, load_model
+from onnxoto.groups import check_masks
+from onnxoto.masking import producer_norms, replace_tensor, tensor_protos, zero_channels
+from onnxoto.partition import Partition, opset_of, partition
+from onnxoto.rules import rule_for
+from onnxoto.validate import Comparison, compare
+
+EXTERNAL_DATA_LIMIT = 1_800_000_000
+
+
+@dataclass(frozen=True)
+class ShrinkOptions:
+    """How to shrink. Defaults: keep exact counts, validate with 3 seeded samples."""
+
+    round_to: int = 1
+    validate: bool = True
+    samples: int = 3
+    seed: int = 0
+    rtol: float = 1e-4
+    atol: float = 1e-5
+
+
+@dataclass
+class ChannelChange:
+    """One group's channel count before and after, named by its first producer."""
+
+    group: int
+    layer: str
+    before: int
+    after: int
+
+
+@dataclass
+class ShrinkResult:
+    model: onnx.ModelProto
+    masks: dict[int, np.ndarray]
+    changes: list[ChannelChange] = field(default_factory=list)
+    comparison: Comparison | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison is None or self.comparison.passed
+
+
+def normalize_masks(raw: Mapping, result: Partition, *, source: str = "masks") -> dict:
+    """Accept {group id: keep} or {"g<id>": keep}; check every mask against the groups."""
+    named = {(k if isinstance(k, str) else f"g{int(k)}"): v for k, v in raw.items()}
+    return check_masks(named, result.groups, source=source)
+
+
+def round_masks(model: onnx.ModelProto, result: Partition, masks: Mapping[int, np.ndarray],
+                multiple: int) -> dict[int, np.ndarray]:
+    """Keep channel counts at multiples of ``multiple`` (tensor cores like 8) by keeping back
+    the largest-norm removed channels. Groups smaller than ``multiple`` stay whole."""
+    if multiple <= 1:
+        return dict(masks)
+    rounded = {}
+    for gid, keep in masks.items():
+        group = result.groups[gid]
+        target = min(group.size, -(-int(keep.sum()) // multiple) * multiple)
+        keep = keep.copy()
+        missing = target - int(keep.sum())
+        if missing > 0:
+            norms = producer_norms(model, group)
+            removed = np.nonzero(~keep)[0]
+            keep[removed[np.argsort(-norms[removed], kind="stable")[:missing]]] = True
+        if not keep.all():
+            rounded[gid] = keep
+    return rounded
+
+
+def shrink(model: ModelLike, masks: Mapping, *, options: ShrinkOptions = ShrinkOptions(),
+           result: Partition | None = None) -> ShrinkResult:
+    """Delete the channels that ``masks`` remove (False = remove) and validate the slim model.
+
+    ``masks`` maps group ids (or "g<id>") to boolean keep vectors; groups not listed are kept.
+    """
+    full = load_model(model)
+    result = result or partition(full)
+    masks = round_masks(full, result, normalize_masks(masks, result), options.round_to)
+    slim = slice_model(full, result, masks)
+    changes = [ChannelChange(gid, _layer_name(result, gid), result.groups[gid].size,
+                             int(keep.sum())) for gid, keep in sorted(masks.items())]
+    comparison = None
+    if options.validate:
+        reference = zero_channels(full, result.groups, masks)
+        comparison = compare(reference, slim, samples=options.samples, seed=options.seed,
+                             rtol=options.rtol, atol=options.atol)
+    return ShrinkResult(model=slim, masks=masks, changes=changes, comparison=comparison)
+
+
+def _layer_name(result: Partition, gid: int) -> str:
+    producers = result.groups[gid].by_role("producer")
+    return producers[0].node if producers else f"group {gid}"
+
+
+def slice_model(full: onnx.ModelProto, result: Partition,
+                masks: Mapping[int, np.ndarray]) -> onnx.ModelProto:
+    """The graph surgery itself: slice members, let rules fix their nodes, re-infer shapes."""
+    slim = onnx.ModelProto()
+    slim.CopyFrom(full)
+    _slice_initializers(slim, result, masks)
+    slot_keep = result.slot_keep(masks)
+    opset = opset_of(full)
+    used_names = {t.name for t in slim.graph.initializer} | {
+        o for n in slim.graph.node for o in n.output}
+    for node in slim.graph.node:
+        edit = NodeEdit(node, slim, result, slot_keep, used_names)
+        rule = rule_for(node, opset)
+        if rule is not None and edit.changed:
+            rule.rewrite(node, edit)
+    _refresh_shapes(slim)
+    try:
+        onnx.checker.check_model(light_copy(slim), full_check=False)
+    except Exception as exc:  # a bug of ours, not the user's input: say so plainly
+        raise RuntimeError(f"shrink produced an invalid model: {exc}") from exc
+    return slim
+
+
+def _slice_initializers(slim: onnx.ModelProto, result: Partition,
+                        masks: Mapping[int, np.ndarray]) -> None:
+    removed: dict[str, dict[int, set[int]]] = {}
+    for gid, keep in masks.items():
+        gone = np.nonzero(~np.asarray(keep, dtype=bool))[0]
+        for member in result.groups[gid].members:
+            axes = removed.setdefault(member.initializer, {})
+            axes.setdefault(member.axis, set()).update(member.index_map.indices(gone).tolist())
+    protos = tensor_protos(slim)
+    for name, axes in removed.items():
+        array = numpy_helper.to_array(protos[name])
+        for axis, indices in axes.items():
+            array = np.delete(array, sorted(indices), axis=axis)
+        replace_tensor(protos[name], array)
+
+
+def _refresh_shapes(model: onnx.ModelProto) -> None:
+    """Drop every intermediate shape (they are stale) and put back freshly inferred ones."""
+    del model.graph.value_info[:]
+    boundary = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    inferred = infer_shapes(model)
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in boundary)
+
+
+class NodeEdit:
+    """What a rule may read and change on its node while shrinking (see rules.base.Edit)."""
+
+    def __init__(self, node: onnx.NodeProto, model: onnx.ModelProto, result: Partition,
+                 slot_keep: np.ndarray, used_names: set[str]) -> None:
+        self.node, self.model, self.result = node, model, result
+        self.view: GraphView = result.view
+        self.slot_keep = slot_keep
+        self.used_names = used_names
+
+    @property
+    def changed(self) -> bool:
+        return any(self.keep(n) is not None and not self.keep(n).all()
+                   for n in list(self.node.input) + list(self.node.output) if n)
+
+    def keep(self, tensor: str) -> np.ndarray | None:
+        space = self.result.spaces.get(tensor)
+        return None if space is None else self.slot_keep[space.slots]
+
+    def kept_count(self, tensor: str) -> int | None:
+        keep = self.keep(tensor)
+        return None if keep is None else int(keep.sum())
+
+    def axis(self, tensor: str) -> int | None:
+        space = self.result.spaces.get(tensor)
+        return None if space is None else space.axis
+
+    def rank(self, tensor: str) -> int | None:
+        return self.view.rank(tensor)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.view.const(name)
+
+    def set_attr(self, name: str, value) -> None:
+        for attr in self.node.attribute:
+            if attr.name == name:
+                self.node.attribute.remove(attr)
+                break
+        self.node.attribute.append(onnx.helper.make_attribute(name, value))
+
+    def drop_attr(self, name: str) -> None:
+        for attr in list(self.node.attribute):
+            if attr.name == name:
+                self.node.attribute.remove(attr)
+
+    def set_input_const(self, index: int, value: np.ndarray) -> None:
+        """Point input ``index`` at a new initializer holding ``value`` (never edits a shared
+        constant in place: other nodes may read it)."""
+        name = self._fresh_name(f"{self.node.name or self.node.op_type}_{index}_shrunk")
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        while len(self.node.input) <= index:
+            self.node.input.append("")
+        self.node.input[index] = name
+
+    add_input_const = set_input_const
+
+    def _fresh_name(self, base: str) -> str:
+        name, n = base, 0
+        while name in self.used_names:
+            n += 1
+            name = f"{base}_{n}"
+        self.used_names.add(name)
+        return name
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               external: bool | None = None) -> None:
+    """Write atomically; weights go to ``<name>.data`` beside it when asked or when over ~2 GB."""
+    path = Path(path)
+    if external is None:
+        external = model.ByteSize() > EXTERNAL_DATA_LIMIT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staged = Path(tmp) / path.name
+        if external:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, str(staged), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=f"{path.name}.data",
+                            size_threshold=1024)
+            os.replace(Path(tmp) / f"{path.name}.data", path.parent / f"{path.name}.data")
+        else:
+            onnx.save_model(model, str(staged))
+        os.replace(staged, path)
+
+
+def uses_external_data(path: str | os.PathLike) -> bool:
+    header = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
+
+
+def refuse_overwrite(inputs: list[Path], output: Path) -> None:
+    for item in inputs:
+        if item.exists() and output.exists() and output.resolve() == item.resolve():
+            raise OnnxotoError(f"'{output}': refusing to overwrite an input file; choose "
+                               f"another -o")
