@@ -63,10 +63,10 @@ def partition_command(model: Path, output: Path | None, as_json: bool,
     from onnxoto.partition import explain, partition
     from onnxoto.report import render_partition
 
+    if output is not None:
+        _refuse_overwrite([model], output)
     result = partition(model)
     if output is not None:
-        if output.resolve() == model.resolve():
-            raise OnnxotoError(f"'{output}': refusing to overwrite the input model")
         result.save(output)
     if explain_name:
         click.echo(explain(result, explain_name))
@@ -77,6 +77,190 @@ def partition_command(model: Path, output: Path | None, as_json: bool,
         click.echo(render_partition(result))
     if output is not None and not as_json:
         click.echo(f"wrote {output}")
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=1))
+
+
+@main.command("mask")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), required=True,
+              help="Share of channels to remove in every prunable group.")
+@click.option("--criterion", type=click.Choice(["l1", "l2"]), default="l2", show_default=True,
+              help="Norm of the producer weights that ranks channels.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="masks.npz to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print kept/total per group as JSON.")
+@friendly_errors
+def mask_command(model: Path, ratio: float, criterion: str, output: Path, as_json: bool) -> None:
+    """One-shot magnitude masks: remove the RATIO smallest channels of every prunable group.
+
+    \b
+    Example:
+      onnxoto mask resnet.onnx --ratio 0.5 -o masks.npz
+    """
+    from onnxoto.graph import load_model
+    from onnxoto.groups import save_masks
+    from onnxoto.masking import magnitude_masks
+    from onnxoto.partition import partition
+
+    _refuse_overwrite([model], output)
+    proto = load_model(model)
+    result = partition(model)
+    masks = magnitude_masks(proto, result.groups, ratio=ratio, criterion=criterion)
+    save_masks(output, masks, model_sha256=result.model_info["sha256"])
+    rows = [{"group": gid, "kept": int(keep.sum()), "size": int(keep.size)}
+            for gid, keep in sorted(masks.items())]
+    if as_json:
+        _echo_json({"masks": str(output), "groups": rows})
+        return
+    kept = sum(r["kept"] for r in rows)
+    total = sum(r["size"] for r in rows)
+    click.echo(f"wrote {output}: {len(rows)} groups masked, {kept:,} of {total:,} channels kept")
+
+
+@main.command("shrink")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--mask", "mask_path", type=click.Path(path_type=Path),
+              help="masks.npz (key g<id>, bool, True = keep).")
+@click.option("--zeros", is_flag=True, help="Remove channels whose producers are all zero.")
+@click.option("--tol", type=float, default=0.0, show_default=True,
+              help="With --zeros: |w| <= tol counts as zero.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Slim model to write.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep channel counts at multiples of N (8 suits tensor cores).")
+@click.option("--no-validate", is_flag=True, help="Skip the onnxruntime equivalence check.")
+@click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rtol", type=float, default=1e-4, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in OUTPUT.data (default: as the input, or when over 2 GB).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float, output: Path,
+                   round_to: int, no_validate: bool, samples: int, seed: int, rtol: float,
+                   atol: float, external_data: bool | None, as_json: bool) -> None:
+    """Delete the masked channels of MODEL and write a smaller model that computes the same
+    function; it is validated in onnxruntime against MODEL with those channels zeroed.
+
+    \b
+    Examples:
+      onnxoto shrink model.onnx --mask masks.npz -o slim.onnx
+      onnxoto shrink trained.onnx --zeros -o slim.onnx --round-to 8
+    """
+    from onnxoto.graph import load_model
+    from onnxoto.groups import read_masks_file
+    from onnxoto.masking import masks_from_zeros
+    from onnxoto.metrics import measure
+    from onnxoto.partition import partition
+    from onnxoto.report import render_shrink, shrink_report
+    from onnxoto.shrink import ShrinkOptions, save_model, shrink, uses_external_data
+
+    if (mask_path is None) == (not zeros):
+        raise OnnxotoError("give exactly one of --mask masks.npz or --zeros")
+    _refuse_overwrite([model] + ([mask_path] if mask_path else []), output)
+    full = load_model(model)
+    result = partition(model)
+    if zeros:
+        masks = masks_from_zeros(full, result.groups, tol=tol)
+    else:
+        masks, sha = read_masks_file(mask_path)
+        if sha and sha != result.model_info["sha256"]:
+            click.echo(f"warning: {mask_path} was made for another model file (sha256 "
+                       f"{sha[:12]}...); its groups match this model's, continuing", err=True)
+    options = ShrinkOptions(round_to=round_to, validate=not no_validate, samples=samples,
+                            seed=seed, rtol=rtol, atol=atol)
+    outcome = shrink(full, masks, options=options, result=result)
+    if not outcome.passed:
+        click.echo(render_shrink(shrink_report(outcome, measure(full), measure(outcome.model))))
+        click.echo(f"onnxoto shrink: validation FAILED; {output} not written (use "
+                   f"--no-validate to write it anyway)", err=True)
+        sys.exit(EXIT_MISMATCH)
+    external = uses_external_data(model) if external_data is None else external_data
+    save_model(outcome.model, output, external=external or None)
+    report = shrink_report(outcome, measure(model), measure(output))
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(render_shrink(report))
+        click.echo(f"wrote {output}")
+
+
+@main.command("validate")
+@click.argument("full", type=click.Path(path_type=Path))
+@click.argument("slim", type=click.Path(path_type=Path))
+@click.option("--mask", "mask_path", type=click.Path(path_type=Path),
+              help="Zero these groups in FULL to make the reference.")
+@click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rtol", type=float, default=1e-4, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@friendly_errors
+def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: int, seed: int,
+                     rtol: float, atol: float, as_json: bool) -> None:
+    """Check that SLIM computes what FULL computes (with --mask: FULL with those groups zeroed).
+
+    Exit code 1 when any output differs by more than atol + rtol * max|reference|.
+
+    \b
+    Example:
+      onnxoto validate model.onnx slim.onnx --mask masks.npz
+    """
+    from onnxoto.graph import load_model
+    from onnxoto.groups import load_masks
+    from onnxoto.masking import zero_channels
+    from onnxoto.partition import partition
+    from onnxoto.validate import compare
+
+    reference = load_model(full)
+    if mask_path is not None:
+        result = partition(reference)
+        reference = zero_channels(reference, result.groups, load_masks(mask_path, result.groups))
+    comparison = compare(reference, load_model(slim), samples=samples, seed=seed, rtol=rtol,
+                         atol=atol)
+    if as_json:
+        _echo_json(comparison.to_dict())
+    else:
+        click.echo(comparison.summary())
+        click.echo("PASSED" if comparison.passed else "FAILED")
+    if not comparison.passed:
+        sys.exit(EXIT_MISMATCH)
+
+
+@main.command("report")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("slim", type=click.Path(path_type=Path), required=False)
+@click.option("--latency", is_flag=True, help="Also time onnxruntime CPU inference.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def report_command(model: Path, slim: Path | None, latency: bool, runs: int, warmup: int,
+                   as_json: bool) -> None:
+    """Params, MACs, FLOPs (2 x MACs) and bytes of MODEL, or MODEL vs SLIM side by side.
+
+    \b
+    Example:
+      onnxoto report model.onnx slim.onnx --latency
+    """
+    from onnxoto.report import compare_report, render_compare
+
+    data = compare_report(model, slim, latency=latency, runs=runs, warmup=warmup)
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(render_compare(data))
+
+
+def _refuse_overwrite(inputs: list[Path], output: Path) -> None:
+    for item in inputs:
+        if output.exists() and item.exists() and output.resolve() == item.resolve():
+            raise OnnxotoError(f"'{output}': refusing to overwrite an input file; choose "
+                               f"another output path")
 
 
 if __name__ == "__main__":  # pragma: no cover

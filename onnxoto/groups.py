@@ -220,26 +220,41 @@ def groups_from_json(text: str, *, source: str = "partition.json") -> tuple[list
     return [Group.from_dict(g) for g in doc["groups"]], dict(doc.get("model", {}))
 
 
-def save_masks(path: str | os.PathLike, masks: Mapping[int, np.ndarray]) -> None:
-    """masks.npz: key ``g<id>``, boolean keep vector of the group's size."""
+SHA_KEY = "model_sha256"
+
+
+def save_masks(path: str | os.PathLike, masks: Mapping[int, np.ndarray], *,
+               model_sha256: str | None = None) -> None:
+    """masks.npz: key ``g<id>``, boolean keep vector of the group's size; optionally the
+    sha256 of the model the masks were made for (key ``model_sha256``)."""
     import io
 
+    arrays = {f"g{gid}": np.asarray(keep, dtype=bool) for gid, keep in masks.items()}
+    if model_sha256:
+        arrays[SHA_KEY] = np.array(model_sha256)
     buffer = io.BytesIO()
-    np.savez(buffer, **{f"g{gid}": np.asarray(keep, dtype=bool) for gid, keep in masks.items()})
+    np.savez(buffer, **arrays)
     write_atomic(path, buffer.getvalue())
 
 
-def load_masks(path: str | os.PathLike, groups: list[Group]) -> dict[int, np.ndarray]:
-    """Read and check masks.npz against the groups; every problem is one clear line."""
+def read_masks_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str | None]:
+    """Raw arrays of a masks.npz and the model sha256 it records (None if absent)."""
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise OnnxotoError(f"'{where}': no such mask file")
     try:
-        archive = np.load(where, allow_pickle=False)
-        raw = {key: archive[key] for key in archive.files}
+        with np.load(where, allow_pickle=False) as archive:
+            raw = {key: archive[key] for key in archive.files}
     except Exception as exc:
         raise OnnxotoError(f"'{where}': not a readable .npz mask file ({exc})") from exc
-    return check_masks(raw, groups, source=where)
+    sha = raw.pop(SHA_KEY, None)
+    return raw, None if sha is None else str(sha)
+
+
+def load_masks(path: str | os.PathLike, groups: list[Group]) -> dict[int, np.ndarray]:
+    """Read and check masks.npz against the groups; every problem is one clear line."""
+    raw, _ = read_masks_file(path)
+    return check_masks(raw, groups, source=os.fspath(path))
 
 
 def check_masks(

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from onnxoto.metrics import Percent, render_table
+from dataclasses import asdict
+from pathlib import Path
+
+from onnxoto.metrics import (
+    Latency,
+    ModelMetrics,
+    Percent,
+    Row,
+    compare_latency,
+    compare_metrics,
+    measure,
+    measure_latency,
+    render_table,
+)
 from onnxoto.partition import Partition
+from onnxoto.shrink import ShrinkResult
 
 
 def render_partition(result: Partition) -> str:
@@ -24,3 +38,78 @@ def render_partition(result: Partition) -> str:
         text.append(render_table([(r["reason"], r["groups"]) for r in s["top_reasons"]],
                                  ("why not prunable (top reasons)", "groups")))
     return "\n".join(text)
+
+
+def shrink_report(outcome: ShrinkResult, before: ModelMetrics, after: ModelMetrics) -> dict:
+    """Everything `onnxoto shrink` tells, as data (the --json output)."""
+    return {
+        "metrics": [row.to_dict() for row in compare_metrics(before, after)],
+        "op_counts": _op_rows(before.op_counts, after.op_counts),
+        "changes": [asdict(change) for change in outcome.changes],
+        "validation": None if outcome.comparison is None else outcome.comparison.to_dict(),
+    }
+
+
+def _op_rows(before: dict[str, int], after: dict[str, int]) -> list[dict]:
+    ops = sorted(set(before) | set(after))
+    return [{"op": op, "before": before.get(op, 0), "after": after.get(op, 0)} for op in ops]
+
+
+def render_shrink(report: dict) -> str:
+    rows = [Row(**r) for r in report["metrics"]]
+    text = [render_table(rows)]
+    changed_ops = [(r["op"], r["before"], r["after"]) for r in report["op_counts"]
+                   if r["before"] != r["after"]]
+    if changed_ops:
+        text += ["", render_table(changed_ops, ("op count", "before", "after"))]
+    if report["changes"]:
+        text += ["", render_table([(c["layer"], c["before"], c["after"])
+                                   for c in report["changes"]],
+                                  ("channels of changed layers", "before", "after"))]
+    validation = report["validation"]
+    if validation is None:
+        text += ["", "validation: skipped (--no-validate)"]
+    else:
+        verdict = "PASSED" if validation["passed"] else "FAILED"
+        worst = max((o["max_abs"] or float("inf") for o in validation["outputs"]), default=0.0)
+        text += ["", f"validation: {verdict} ({validation['samples']} seeded samples, max abs "
+                     f"diff {worst:.3g}, rtol {validation['rtol']:g}, atol {validation['atol']:g})"]
+    return "\n".join(text)
+
+
+def compare_report(model, slim=None, *, latency: bool = False, runs: int = 50,
+                   warmup: int = 5) -> dict:
+    """Metrics of one model, or of two side by side with ratios (and latency if asked)."""
+    before = measure(model)
+    data: dict = {"model": str(model), "metrics": before.to_dict()}
+    if latency:
+        data["latency"] = measure_latency(model, runs=runs, warmup=warmup).to_dict()
+    if slim is None:
+        return data
+    after = measure(slim)
+    data.update(slim=str(slim), slim_metrics=after.to_dict(),
+                rows=[row.to_dict() for row in compare_metrics(before, after)])
+    if latency:
+        slim_latency = measure_latency(slim, runs=runs, warmup=warmup)
+        data["slim_latency"] = slim_latency.to_dict()
+        full_ms, slim_ms = data["latency"]["median_ms"], slim_latency.median_ms
+        data["speedup"] = full_ms / slim_ms if slim_ms else None
+        data["rows"] += [row.to_dict() for row in compare_latency(
+            Latency(**data["latency"]), slim_latency)]
+    return data
+
+
+def render_compare(data: dict) -> str:
+    if "rows" not in data:
+        m = data["metrics"]
+        rows = [("params", m["params"]), ("param bytes", m["param_bytes"]),
+                ("file bytes", m["file_bytes"]), ("MACs", m["macs"]),
+                ("FLOPs (2 x MACs)", m["flops"]), ("nodes", sum(m["op_counts"].values()))]
+        if "latency" in data:
+            lat = data["latency"]
+            rows += [("median ms", lat["median_ms"]), ("p90 ms", lat["p90_ms"])]
+        return render_table(rows, ("metric", Path(data["model"]).name))
+    text = render_table([Row(**r) for r in data["rows"]])
+    if data.get("speedup"):
+        text += f"\nspeed-up (median): {data['speedup']:.2f}x"
+    return text

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxoto.errors import OnnxotoError
 from onnxoto.graph import GraphView, ModelLike, infer_shapes, light_copy, load_model
 from onnxoto.groups import check_masks
 from onnxoto.masking import producer_norms, replace_tensor, tensor_protos, zero_channels
@@ -250,10 +249,3 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
 def uses_external_data(path: str | os.PathLike) -> bool:
     header = onnx.load(str(path), load_external_data=False)
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
-
-
-def refuse_overwrite(inputs: list[Path], output: Path) -> None:
-    for item in inputs:
-        if item.exists() and output.exists() and output.resolve() == item.resolve():
-            raise OnnxotoError(f"'{output}': refusing to overwrite an input file; choose "
-                               f"another -o")
