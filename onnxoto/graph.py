@@ -175,7 +175,7 @@ def build_view(model: onnx.ModelProto) -> GraphView:
         for inp in node.input:
             if inp:
                 view.consumers.setdefault(inp, []).append(node)
-    view.shapes = _infer_shapes(model)
+    view.shapes = shape_map(model)
     for name, value in view.constants.items():
         view.shapes[name] = tuple(int(d) for d in value.shape)
     return view
@@ -254,7 +254,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return light
 
 
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+def shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Name -> inferred shape (None for unknown dims) of every tensor, initializers included."""
     inferred = infer_shapes(model)
     shapes: dict[str, tuple[int | None, ...]] = {}
     graph = inferred.graph
@@ -267,4 +268,6 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
             for d in tensor_type.shape.dim
         )
         shapes[info.name] = dims
+    for tensor in graph.initializer:
+        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes

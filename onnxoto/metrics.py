@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import shape_inference
 
 from onnxoto import runtime
 from onnxoto.errors import OnnxotoError
-from onnxoto.graph import ModelLike, load_model
+from onnxoto.graph import ModelLike, load_model, shape_map
 
 # Dims as inferred: an int for a static dim, None for a dynamic one; the shape is None if unknown.
 Shape = tuple[int | None, ...]
@@ -60,6 +59,7 @@ class ModelMetrics:
     file_bytes: int | None
     macs: int
     macs_by_op: dict[str, int] = field(default_factory=dict)
+    macs_by_node: dict[str, int] = field(default_factory=dict)
     elementwise_ops: int = 0
     op_counts: dict[str, int] = field(default_factory=dict)
     unknown_macs_nodes: list[str] = field(default_factory=list)
@@ -91,13 +91,14 @@ def measure(model: ModelLike) -> ModelMetrics:
     on_disk = not isinstance(model, onnx.ModelProto)
     nodes = live_nodes(proto)
     params, param_bits = _count_params(proto, nodes)
-    cost = _compute_cost(nodes, _infer_shapes(proto))
+    cost = _compute_cost(nodes, shape_map(proto))
     return ModelMetrics(
         params=params,
         param_bytes=(param_bits + 7) // 8,
         file_bytes=_disk_bytes(Path(model)) if on_disk else proto.ByteSize(),
         macs=sum(cost.macs_by_op.values()),
         macs_by_op=dict(sorted(cost.macs_by_op.items())),
+        macs_by_node=cost.macs_by_node,
         elementwise_ops=cost.elementwise,
         op_counts=dict(sorted(Counter(n.op_type for n in nodes).items())),
         unknown_macs_nodes=cost.unknown_macs,
@@ -108,6 +109,7 @@ def measure(model: ModelLike) -> ModelMetrics:
 @dataclass
 class _Cost:
     macs_by_op: Counter[str] = field(default_factory=Counter)
+    macs_by_node: dict[str, int] = field(default_factory=dict)
     elementwise: int = 0
     unknown_macs: list[str] = field(default_factory=list)
     unknown_elementwise: list[str] = field(default_factory=list)
@@ -125,6 +127,7 @@ def _compute_cost(nodes: list[onnx.NodeProto], shapes: dict[str, Shape]) -> _Cos
                 cost.unknown_macs.append(label)
             else:
                 cost.macs_by_op[node.op_type] += macs
+                cost.macs_by_node[label] = macs
         elif node.op_type in ELEMENTWISE_OPS:
             out = shapes.get(node.output[0]) if node.output else None
             if out is None:
@@ -193,24 +196,6 @@ def _constant_size(attr: onnx.AttributeProto) -> tuple[int, int]:
     if attr.name == "value_floats":
         return len(attr.floats), 32 * len(attr.floats)
     return 0, 0
-
-
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # models over 2 GB and exotic domains: fall back to declared shapes
-        inferred = model
-    graph = inferred.graph
-    shapes: dict[str, Shape] = {}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = info.type.tensor_type
-        if info.type.HasField("tensor_type") and tensor_type.HasField("shape"):
-            shapes[info.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
-            )
-    for tensor in graph.initializer:
-        shapes[tensor.name] = tuple(tensor.dims)
-    return shapes
 
 
 def _disk_bytes(path: Path) -> int:

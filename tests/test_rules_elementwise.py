@@ -33,7 +33,8 @@ ACTIVATIONS = [
 ]
 
 
-@pytest.mark.parametrize(("op_type", "attrs", "opset"), ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+@pytest.mark.parametrize(("op_type", "attrs", "opset"), ACTIVATIONS,
+                         ids=[a[0] for a in ACTIVATIONS])
 def test_zero_preserving_activation_passes_channels(op_type, attrs, opset):
     g = GraphBuilder(seed=10, opset=opset)
     y = g.op(op_type, [_stem(g)], name="act", **attrs)
@@ -321,3 +322,38 @@ def test_add_of_runtime_broadcast_tensor_is_not_prunable():
     result = partition(model)
     assert _sizes(result) == [(8, False), (4, False)]
     assert "Add node 'shift' adds a run-time tensor" in result.groups[0].reason
+
+
+def test_x_times_hard_sigmoid_x_is_prunable():
+    """A hand-written hard swish: x * HardSigmoid(x) is 0 where x is 0 (0 * 0.5)."""
+    g = GraphBuilder(seed=25)
+    stem = _stem(g)
+    y = g.op("Mul", [stem, g.op("HardSigmoid", [stem])], name="hswish")
+    model = g.build([g.conv(y, 4, name="c2")])
+    result = partition(model)
+    assert _sizes(result) == [(8, True), (4, False)]
+    assert_invariant(model, result)
+
+
+def test_dirt_survives_a_depthwise_conv():
+    """Sigmoid's 0.5 convolved by an attached depthwise kernel is still not 0."""
+    g = GraphBuilder(seed=26)
+    y = g.conv(g.op("Sigmoid", [_stem(g)], name="sig"), 8, k=3, pad=1, group=8, name="dw")
+    model = g.build([g.conv(y, 4, name="c2")])
+    result = partition(model)
+    assert _sizes(result) == [(8, False), (4, False)]
+    assert "Sigmoid node 'sig' maps 0 to 0.5" in result.groups[0].reason
+    assert gap_of(model, result.groups[0]) > 1e-3
+
+
+def test_constant_node_operand_is_a_member_named_by_its_output():
+    """Exporters store small constants as Constant nodes: the member is named by the output."""
+    g = GraphBuilder(seed=27)
+    rng = np.random.default_rng(0)
+    gamma = g.const("gamma_const", rng.uniform(0.2, 0.6, (8, 1, 1)).astype(np.float32))
+    y = g.op("Mul", [_stem(g), gamma], name="layer_scale")
+    model = g.build([g.conv(y, 4, name="c2")])
+    result = partition(model)
+    assert _sizes(result) == [(8, True), (4, False)]
+    assert roles(result.groups[0])["gamma_const"] == "producer"
+    assert_invariant(model, result)

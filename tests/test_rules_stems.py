@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from onnxoto.groups import IndexMap
@@ -108,6 +109,58 @@ def test_gemm_stem_axes_follow_trans_b(trans_b):
     assert member(hidden, "fc2.weight").axis == in_axis
     assert member(hidden, "fc1.bias").axis == 0
     assert_invariant(model, result)
+
+
+def test_gemm_with_row_bias_is_a_producer():
+    """C of shape (1, N) broadcasts over the batch: its axis 1 holds the features."""
+    g = GraphBuilder(seed=5)
+    x = g.input("x", [2, 10])
+    y = g.op("Gemm", [x, g.weight("fc1.weight", [10, 12]), g.weight("fc1.bias", [1, 12])],
+             name="fc1")
+    model = g.build([g.gemm(g.op("Relu", [y]), 5, name="fc2")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(12, True), (5, False)]
+    assert member(result.groups[0], "fc1.bias").axis == 1
+    assert_invariant(model, result)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: GemmRule ignores a scalar (size-1) non-zero bias C: "
+                   "zeroing B's column leaves beta*C in the channel, which fc2 reads, yet the "
+                   "group is prunable (gap ~6e-2)")
+def test_gemm_with_scalar_bias_is_not_prunable():
+    g = GraphBuilder(seed=5)
+    x = g.input("x", [2, 10])
+    bias = g.init("fc1.bias", np.array([0.7], dtype=np.float32))
+    y = g.op("Gemm", [x, g.weight("fc1.weight", [10, 12]), bias], name="fc1")
+    model = g.build([g.gemm(g.op("Relu", [y]), 5, name="fc2")])
+    result = partition(model)
+    hidden = result.groups[0]
+    assert not hidden.prunable and "Gemm node 'fc1'" in hidden.reason, hidden.reason
+
+
+def test_gemm_with_per_sample_bias_is_a_barrier():
+    """C of shape (batch, 1) is not per feature: fc2 stops the space it reads."""
+    g = GraphBuilder(seed=5)
+    x = g.input("x", [2, 10])
+    h = g.op("Relu", [g.gemm(x, 12, name="fc1")])
+    y = g.op("Gemm", [h, g.weight("fc2.weight", [12, 6]), g.weight("fc2.bias", [2, 1])],
+             name="fc2")
+    model = g.build([g.gemm(g.op("Relu", [y]), 5, name="fc3")])
+    result = partition(model)
+    fed = group_with(result, "fc1.weight", "producer")
+    assert not fed.prunable
+    assert "Gemm node 'fc2' has a 2-D bias C" in fed.reason
+
+
+def test_gemm_trans_a_is_a_barrier():
+    g = GraphBuilder(seed=5)
+    x = g.input("x", [10, 2])
+    h = g.op("Transpose", [g.op("Relu", [g.gemm(g.op("Transpose", [x]), 6, name="fc1")])])
+    y = g.op("Gemm", [h, g.weight("fc2.weight", [6, 4])], name="fc2", transA=1)
+    model = g.build([y])
+    result = partition(model)
+    assert "Gemm node 'fc2' has a run-time B operand or transA=1" in \
+        group_with(result, "fc1.weight", "producer").reason
 
 
 def test_matmul_with_2d_weight_on_rank3_tokens():

@@ -33,14 +33,18 @@ def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
         j += 1
     if acc != prefix:
         return None
-    while j < len(out_shape) and int(out_shape[j]) == 1 and channels != 1:
+    candidates = []  # unit dims right after the prefix make the position ambiguous
+    while j < len(out_shape):
+        dim = int(out_shape[j])
+        if dim % channels == 0 and tail % (dim // channels) == 0 and \
+                int(np.prod(out_shape[j + 1:], dtype=np.int64)) == tail // (dim // channels):
+            candidates.append((j, dim // channels))
+        if dim != 1:
+            break
         j += 1
-    if j >= len(out_shape) or int(out_shape[j]) % channels:
+    if not candidates:
         return None
-    block = int(out_shape[j]) // channels
-    if tail % block:
-        return None
-    return j, block
+    return next((c for c in candidates if c[0] == axis), candidates[-1])
 
 
 def _map_through(node, ctx: Tracer, space: Space, out_shape) -> Space | None:
