@@ -144,19 +144,21 @@ class Group:
 
 def params_covered(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) -> int:
     """Elements of initializers that some group's members would slice, each counted once."""
-    covered: dict[str, dict[int, set[int]]] = {}
+    covered: dict[str, dict[int, np.ndarray]] = {}
     for group in groups:
         for m in group.members:
-            if m.initializer in sizes:
-                axes = covered.setdefault(m.initializer, {})
-                axes.setdefault(m.axis, set()).update(
-                    m.index_map.indices(np.arange(group.size)).tolist())
+            if m.initializer not in sizes:
+                continue
+            axes = covered.setdefault(m.initializer, {})
+            if m.axis not in axes:
+                axes[m.axis] = np.zeros(sizes[m.initializer][m.axis], dtype=bool)
+            axes[m.axis][m.index_map.indices(np.arange(group.size))] = True
     total = 0
     for name, axes in covered.items():
         shape = sizes[name]
         untouched = 1
         for axis, dim in enumerate(shape):
-            untouched *= dim - len(axes.get(axis, ()))
+            untouched *= dim - (int(axes[axis].sum()) if axis in axes else 0)
         total += int(np.prod(shape, dtype=np.int64)) - untouched
     return total
 

@@ -170,6 +170,15 @@ def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members
     groups_here = slot_group[record.slots]
     channels_here = slot_channel[record.slots]
     users = view.consumers.get(record.initializer, [])
+    first = int(groups_here[0])
+    if (groups_here == first).all() and channels_here.shape[0] == sizes[first] and \
+            (channels_here == np.arange(sizes[first])).all():  # the common case: 1:1
+        if len(users) > 1:
+            _add_reason(reasons[first], f"initializer '{record.initializer}' is shared by "
+                                        f"{len(users)} nodes")
+        members[first].append(Member(record.initializer, record.axis, record.role, IndexMap(),
+                                     record.node))
+        return
     for gid in np.unique(groups_here).tolist():
         selected = np.nonzero(groups_here == gid)[0]
         channels = channels_here[selected]
