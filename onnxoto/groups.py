@@ -111,7 +111,7 @@ class Member:
 
 @dataclass
 class Group:
-    """Channels that live or die together; prunable only if deleting them provably changes nothing."""
+    """Channels that live or die together; prunable only if deleting them provably is safe."""
 
     id: int
     size: int

@@ -107,28 +107,36 @@ def trace(view: GraphView, opset: int) -> Tracer:
 
 
 def form_groups(tracer: Tracer, info: dict) -> Partition:
-    """Channels = union-find classes; a group = classes born in the same stems."""
+    """Channels = union-find classes. A group = classes born in the same stems *and* read by
+    the same members, so a Split or Slice of one stem's channels cuts it into groups that every
+    member covers whole (each then gets a plain offset map)."""
     roots = tracer.forest.roots()
     kin = SlotForest()
     kin.parent = roots.tolist()
     for born in tracer.births:
         kin.union(np.full(born.shape, born[0]), born)
     family = kin.roots()
+    signature = _coverage_signatures(tracer, roots)
 
     slot_group = np.full(roots.shape, -1, dtype=np.int64)
     slot_channel = np.full(roots.shape, -1, dtype=np.int64)
     class_group: dict[int, int] = {}
     class_channel: dict[int, int] = {}
-    family_group: dict[int, int] = {}
+    family_group: dict[tuple[int, int], int] = {}
     sizes: list[int] = []
     for born in tracer.births:
+        previous = None
         for slot in born.tolist():
             cls = int(roots[slot])
             if cls in class_group:
+                previous = None
                 continue
-            gid = family_group.setdefault(int(family[slot]), len(family_group))
-            if gid == len(sizes):
+            key = (int(family[slot]), int(signature[cls]))
+            if key != previous:  # a new run of channels: a group stays contiguous in its stem
+                family_group[key] = len(sizes)
                 sizes.append(0)
+            previous = key
+            gid = family_group[key]
             class_group[cls], class_channel[cls] = gid, sizes[gid]
             sizes[gid] += 1
     slot_group[:] = [class_group[int(c)] for c in roots.tolist()]
@@ -157,6 +165,16 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
     return Partition(groups=groups, summary=summarize(groups, shapes), model_info=info,
                      view=tracer.view, spaces=tracer.spaces, slot_group=slot_group,
                      slot_channel=slot_channel)
+
+
+def _coverage_signatures(tracer: Tracer, roots: np.ndarray) -> np.ndarray:
+    """Per class, the XOR of a random 64-bit key of every member record that covers it: two
+    classes share a signature iff the same records cover both (up to 2^-64 collisions)."""
+    keys = np.random.default_rng(0).integers(1, 2**63, size=len(tracer.members), dtype=np.int64)
+    signature = np.zeros(roots.shape, dtype=np.int64)
+    for key, record in zip(keys.tolist(), tracer.members, strict=True):
+        signature[np.unique(roots[record.slots])] ^= key
+    return signature
 
 
 def _add_reason(reasons: list[str], text: str) -> None:

@@ -1,4 +1,4 @@
-"""Channel spaces: which slot (a future group channel) sits at each index of a tensor's channel axis.
+"""Channel spaces: which slot (a future group channel) sits at each index of a channel axis.
 
 A *slot* is one channel created by a stem. Rules move slot arrays through the graph (copy,
 concatenate, repeat, slice) and *union* slots that must be deleted together (the two sides of an

@@ -253,9 +253,6 @@ def _stem_groups(result):
             if any(m.initializer == "c1.weight" for m in grp.by_role("producer"))]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Split of one stem's channels into parts read by "
-                   "different consumers makes the stem group non-prunable ('c2.weight' axis 1 "
-                   "does not map channel by channel onto this group)")
 def test_split_on_channel_axis_hands_each_output_a_range():
     """Conv c1 (8) -> Split [3, 5] on axis 1 -> c2 / c3: channels 0..2 feed c2, 3..7 feed c3."""
     g = GraphBuilder(seed=65)
@@ -270,8 +267,6 @@ def test_split_on_channel_axis_hands_each_output_a_range():
     assert_invariant(model, result)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Slice [2:6] of a stem's channels makes the stem "
-                   "group non-prunable ('c2.weight' axis 1 does not map channel by channel)")
 def test_slice_on_channel_axis_keeps_a_range():
     g = GraphBuilder(seed=66)
     y = g.op("Slice", [_stem(g), _ints(g, "starts", [2]), _ints(g, "ends", [6]),
@@ -373,9 +368,6 @@ def test_resize_with_scales_passes(mode):
     assert_invariant(model, result)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Resize with coordinate_transformation_mode="
-                   "tf_crop_and_resize and extrapolation_value=1 fills zero channels with 1 "
-                   "outside the roi, yet the group is prunable (gap ~0.19)")
 def test_resize_crop_with_nonzero_extrapolation_dirties():
     g = GraphBuilder(seed=73)
     roi = g.init("roi", np.array([0, 0, -0.5, -0.5, 1, 1, 1.5, 1.5], dtype=np.float32))

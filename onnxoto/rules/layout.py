@@ -371,7 +371,12 @@ class ResizeRule(Rule):
         if len(node.input) > 3 and node.input[3]:
             barrier(node, ctx, "gives explicit output sizes; use scales")
             return
-        ctx.set_space(node.output[0], space)
+        a = attrs(node)
+        crops = a.get("coordinate_transformation_mode") in (b"tf_crop_and_resize",
+                                                             "tf_crop_and_resize")
+        dirt = "fills outside its crop box with a non-zero value" if crops and \
+            float(a.get("extrapolation_value", 0.0)) != 0 else None
+        pass_through(node, ctx, dirt=dirt)
 
 
 class ShapeOnlyRule(Rule):

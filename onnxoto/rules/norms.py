@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from onnxoto.rules.base import Rule, attrs, barrier, ints_from, normalize_axis, pass_through
-from onnxoto.spaces import Tracer, node_label
+from onnxoto.spaces import node_label
 
 
 class PerChannelNormRule(Rule):
@@ -110,6 +108,3 @@ class ReduceRule(Rule):
         axis = space.axis if keep else space.axis - sum(1 for x in axes if x < space.axis)
         ctx.set_space(node.output[0], space.on_axis(axis))
 
-
-def _unused(_: Tracer, __: np.ndarray) -> None:  # pragma: no cover - keeps imports honest
-    return None

@@ -125,13 +125,19 @@ class GemmRule(Rule):
         _consume(node, ctx, node.input[0], 1, weight, in_axis)
         weights = [(weight, out_axis)]
         c = ctx.const(bias) if bias else None
-        if c is not None and c.ndim >= 1 and c.shape[-1] == w.shape[out_axis] and c.size == \
-                w.shape[out_axis]:
-            weights.append((bias, c.ndim - 1))
-        elif bias and c is not None and c.size > 1:
-            barrier(node, ctx, "has a 2-D bias C; not pruned so far")
+        features = int(w.shape[out_axis])
+        if bias and c is None:
+            barrier(node, ctx, "has a run-time bias C")
             return
-        _stem_output(node, ctx, int(w.shape[out_axis]), 1, weights)
+        if c is not None and c.size == features and c.shape[-1] == features and features > 1:
+            weights.append((bias, c.ndim - 1))
+        elif c is not None and c.size > 1:
+            barrier(node, ctx, "has a bias C that is not one value per feature")
+            return
+        space = _stem_output(node, ctx, features, 1, weights)
+        if c is not None and c.size == 1 and float(c.reshape(-1)[0]) * a.get("beta", 1.0) != 0:
+            ctx.set_space(node.output[0], space.with_dirt(
+                ctx.reason(f"{node_label(node)} adds the same bias to every feature")))
 
 
 class MatMulRule(Rule):
