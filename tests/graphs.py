@@ -228,6 +228,18 @@ def assert_invariant(model: onnx.ModelProto, result: Partition, *, seeds=(0, 1),
             assert gap <= 1e-5, f"group {group.id}: consumers matter (gap {gap:.2e})"
             assert dead_ok or change > 0, \
                 f"group {group.id}: zeroing its producers changes nothing"
+    assert_shrinks(model, result, seeds=seeds)
+
+
+def assert_shrinks(model: onnx.ModelProto, result: Partition, *, seeds=(0, 1)) -> None:
+    """Shrinking every prunable group at once (random masks) validates in onnxruntime."""
+    from onnxoto.shrink import shrink
+
+    for seed in seeds:
+        masks = {g.id: removal_mask(g, seed + g.id) for g in result.prunable}
+        masks = {gid: keep for gid, keep in masks.items() if keep.any()}
+        outcome = shrink(model, masks, result=result)
+        assert outcome.passed, outcome.comparison.summary()
 
 
 def gap_of(model: onnx.ModelProto, group: Group, seed: int = 0) -> float:

@@ -178,3 +178,16 @@ def test_mask_from_another_model_warns(zoo_cache, tmp_path):
 def test_shrink_needs_exactly_one_mask_source(mlp, tmp_path):
     line = one_error_line(run("shrink", mlp, "-o", tmp_path / "s.onnx"))
     assert "exactly one of --mask" in line
+
+
+def test_core_imports_without_torch():
+    """Deployment machines have no torch: onnxoto/ must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import onnxoto, onnxoto.cli, onnxoto.shrink, onnxoto.report\n"
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
