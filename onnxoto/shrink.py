@@ -118,6 +118,7 @@ def slice_model(full: onnx.ModelProto, result: Partition,
     """The graph surgery itself: slice members, let rules fix their nodes, re-infer shapes."""
     slim = onnx.ModelProto()
     slim.CopyFrom(full)
+    _drop_initializer_inputs(slim)
     _slice_initializers(slim, result, masks)
     slot_keep = result.slot_keep(masks)
     opset = opset_of(full)
@@ -134,6 +135,16 @@ def slice_model(full: onnx.ModelProto, result: Partition,
     except Exception as exc:  # a bug of ours, not the user's input: say so plainly
         raise RuntimeError(f"shrink produced an invalid model: {exc}") from exc
     return slim
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    """Weights listed as graph inputs (keep_initializers_as_inputs) were treated as constants;
+    their declared shapes would be stale after slicing, so the slim model lists them no more."""
+    names = {t.name for t in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in names]
+    if len(kept) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
 
 
 def _slice_initializers(slim: onnx.ModelProto, result: Partition,

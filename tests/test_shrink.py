@@ -155,3 +155,16 @@ def test_input_file_is_untouched(zoo_cache, tmp_path):
 def test_bad_masks_are_refused(zoo_cache, masks, message):
     with pytest.raises(OnnxotoError, match=message.replace("(", r"\(").replace(")", r"\)")):
         shrink(zoo_cache("mlpnet"), masks)
+
+
+def test_initializers_listed_as_inputs_are_handled(zoo_cache):
+    """keep_initializers_as_inputs exports: weights are constants, the slim model drops them
+    from its inputs (their declared shapes would be stale)."""
+    model = onnx.load(zoo_cache("mlpnet"))
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in model.graph.initializer)
+    result = partition(model)
+    assert [g.size for g in result.prunable] == [40, 20]
+    outcome = shrink(model, {0: np.arange(40) < 10}, result=result)
+    assert outcome.passed
+    assert [i.name for i in outcome.model.graph.input] == ["input"]
