@@ -96,7 +96,14 @@ def trace(view: GraphView, opset: int) -> Tracer:
                                       f"(domain '{node.domain or 'ai.onnx'}', opset {opset}); "
                                       f"its channels are kept")
             continue
-        rule.trace(node, tracer)
+        try:
+            rule.trace(node, tracer)
+        except Exception as exc:  # a rule bug must cost prunability, never a wrong model
+            tracer.taint_inputs(node, f"{node_label(node)}: onnxoto's rule failed here "
+                                      f"({type(exc).__name__}: {exc}); please report it")
+            for out in node.output:
+                tracer.spaces.pop(out, None)
+            continue
         for name in node.input:
             if name and name not in tracer.read and tracer.spaces.get(name) is not None:
                 tracer.taint(tracer.spaces[name], f"{node_label(node)} reads '{name}' in a way "

@@ -135,3 +135,15 @@ def test_partition_does_not_modify_input(zoo_cache):
     before = path.read_bytes()
     partition(path)
     assert path.read_bytes() == before
+
+
+def test_a_failing_rule_costs_prunability_not_correctness(zoo_cache, monkeypatch):
+    from onnxoto.rules.elementwise import ZeroPreservingRule
+
+    def broken(self, node, ctx):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(ZeroPreservingRule, "trace", broken)
+    result = partition(zoo_cache("mlpnet"))
+    assert [g.size for g in result.prunable] == []
+    assert any("rule failed here (ValueError: boom)" in (g.reason or "") for g in result.groups)
