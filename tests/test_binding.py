@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from models.export import export_onnx
-from models.zoo import ZOO, build, light_names, randomize_norms
+from models.zoo import ZOO, light_names, randomize_norms
 from onnxoto.errors import OnnxotoError
 from trainers.binding import (
     BindingError,
@@ -631,13 +630,9 @@ def test_single_op_graphs_match_onnxruntime(case: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def zoo_exports(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("binding_zoo")
-
+def zoo_exports(zoo_cache):
     def get(name: str, exporter: str) -> onnx.ModelProto:
-        path = export_onnx(build(name), ZOO[name].input_shape, root / f"{name}.{exporter}.onnx",
-                           dynamo=exporter == "dynamo")
-        return onnx.load(str(path))
+        return onnx.load(str(zoo_cache(name, exporter)))
 
     return get
 

@@ -34,26 +34,14 @@ LIGHT = light_names()
 
 
 @pytest.fixture(scope="module")
-def zoo_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Build each model once and export it once per exporter for the whole module."""
-    root = tmp_path_factory.mktemp("zoo")
+def zoo_pair(zoo_cache):
+    """(torch model, exported path): the model is rebuilt with the seed the export used."""
     models: dict[str, torch.nn.Module] = {}
-    paths: dict[tuple[str, str], Path] = {}
 
     def get(name: str, exporter: str | None = None):
         if name not in models:
             models[name] = build(name)
-        if exporter is None:
-            return models[name], None
-        key = (name, exporter)
-        if key not in paths:
-            paths[key] = export_onnx(
-                models[name],
-                ZOO[name].input_shape,
-                root / f"{name}.{exporter}.onnx",
-                dynamo=exporter == "dynamo",
-            )
-        return models[name], paths[key]
+        return models[name], None if exporter is None else zoo_cache(name, exporter)
 
     return get
 
@@ -95,8 +83,8 @@ def test_build_is_deterministic_and_seeded():
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_norm_params_are_randomized(name: str, zoo_cache):
-    model, _ = zoo_cache(name)
+def test_norm_params_are_randomized(name: str, zoo_pair):
+    model, _ = zoo_pair(name)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.LayerNorm)]
     for m in norms:
         assert not torch.all(m.weight == 1)
@@ -107,8 +95,8 @@ def test_norm_params_are_randomized(name: str, zoo_cache):
     assert norms or name in {"mlpnet", "carn"}
 
 
-def test_demonet_layout(zoo_cache):
-    model, _ = zoo_cache("demonet")
+def test_demonet_layout(zoo_pair):
+    model, _ = zoo_pair("demonet")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes["conv1.weight"] == (64, 1, 3, 3)
     assert shapes["conv2.weight"] == shapes["conv3.weight"] == (128, 64, 3, 3)
@@ -122,8 +110,8 @@ def test_demonet_layout(zoo_cache):
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_legacy_export_keeps_state_dict_names_and_values(name: str, zoo_cache):
-    model, path = zoo_cache(name, "legacy")
+def test_legacy_export_keeps_state_dict_names_and_values(name: str, zoo_pair):
+    model, path = zoo_pair(name, "legacy")
     proto = onnx.load(str(path))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     state = {
@@ -138,14 +126,14 @@ def test_legacy_export_keeps_state_dict_names_and_values(name: str, zoo_cache):
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_legacy_export_matches_torch(name: str, zoo_cache):
-    model, path = zoo_cache(name, "legacy")
+def test_legacy_export_matches_torch(name: str, zoo_pair):
+    model, path = zoo_pair(name, "legacy")
     onnx.checker.check_model(str(path))
     _assert_close(*_run_both(model, path, ZOO[name].input_shape))
 
 
-def test_legacy_keeps_batchnorm_unfolded(zoo_cache):
-    model, path = zoo_cache("resnet_basic", "legacy")
+def test_legacy_keeps_batchnorm_unfolded(zoo_pair):
+    model, path = zoo_pair("resnet_basic", "legacy")
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert _op_counts(onnx.load(str(path)))["BatchNormalization"] == n_bn == 10
 
@@ -167,8 +155,8 @@ def test_resnet50_legacy_topology(tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_dynamo_export_matches_torch(name: str, zoo_cache):
-    model, path = zoo_cache(name, "dynamo")
+def test_dynamo_export_matches_torch(name: str, zoo_pair):
+    model, path = zoo_pair(name, "dynamo")
     assert not list(path.parent.glob(path.name + "*.data"))
     proto = onnx.load(str(path), load_external_data=False)
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
