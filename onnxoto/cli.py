@@ -198,10 +198,12 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--rtol", type=float, default=1e-4, show_default=True)
 @click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--dynamic-dim", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Size given to dynamic (symbolic) input dims.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @friendly_errors
 def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: int, seed: int,
-                     rtol: float, atol: float, as_json: bool) -> None:
+                     rtol: float, atol: float, dynamic_dim: int, as_json: bool) -> None:
     """Check that SLIM computes what FULL computes (with --mask: FULL with those groups zeroed).
 
     Exit code 1 when any output differs by more than atol + rtol * max|reference|.
@@ -221,7 +223,7 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
         result = partition(reference)
         reference = zero_channels(reference, result.groups, load_masks(mask_path, result.groups))
     comparison = compare(reference, load_model(slim), samples=samples, seed=seed, rtol=rtol,
-                         atol=atol)
+                         atol=atol, dynamic_dim=dynamic_dim)
     if as_json:
         _echo_json(comparison.to_dict())
     else:

@@ -95,7 +95,7 @@ class GraphView:
 
     model: onnx.ModelProto
     constants: dict[str, np.ndarray] = field(default_factory=dict)
-    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    shapes: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
     producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     initializers: set[str] = field(default_factory=set)
@@ -116,7 +116,7 @@ class GraphView:
 
     def static_shape(self, name: str) -> tuple[int, ...] | None:
         shape = self.shapes.get(name)
-        if shape is None or any(d is None for d in shape):
+        if shape is None or any(not isinstance(d, int) for d in shape):
             return None
         return tuple(int(d) for d in shape)
 
@@ -175,7 +175,7 @@ def build_view(model: onnx.ModelProto) -> GraphView:
         for inp in node.input:
             if inp:
                 view.consumers.setdefault(inp, []).append(node)
-    view.shapes = shape_map(model)
+    view.shapes = shape_map(model, symbols=True)
     for name, value in view.constants.items():
         view.shapes[name] = tuple(int(d) for d in value.shape)
     return view
@@ -194,6 +194,14 @@ def _fold_constant_views(view: GraphView, nodes) -> None:
         elif node.op_type == "Cast":
             value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
         view.constants[node.output[0]] = value
+
+
+def _dim(dim, symbols: bool) -> Dim:
+    if dim.HasField("dim_value") and dim.dim_value > 0:
+        return int(dim.dim_value)
+    if symbols and dim.HasField("dim_param") and dim.dim_param:
+        return dim.dim_param
+    return None
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -254,8 +262,15 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return light
 
 
-def shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Name -> inferred shape (None for unknown dims) of every tensor, initializers included."""
+Dim = int | str | None
+
+
+def shape_map(model: onnx.ModelProto, *, symbols: bool = False) -> dict[str, tuple[Dim, ...]]:
+    """Name -> inferred shape of every tensor, initializers included.
+
+    Unknown dims are None; with ``symbols`` a named dynamic dim (batch "N") is kept as its
+    name, so reshapes that carry it along can still be followed.
+    """
     inferred = infer_shapes(model)
     shapes: dict[str, tuple[int | None, ...]] = {}
     graph = inferred.graph
@@ -263,10 +278,7 @@ def shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
         tensor_type = info.type.tensor_type
         if not tensor_type.HasField("shape"):
             continue
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in tensor_type.shape.dim
-        )
+        dims = tuple(_dim(d, symbols) for d in tensor_type.shape.dim)
         shapes[info.name] = dims
     for tensor in graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)

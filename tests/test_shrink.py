@@ -168,3 +168,27 @@ def test_initializers_listed_as_inputs_are_handled(zoo_cache):
     outcome = shrink(model, {0: np.arange(40) < 10}, result=result)
     assert outcome.passed
     assert [i.name for i in outcome.model.graph.input] == ["input"]
+
+
+@pytest.mark.parametrize("name", ["vgg_bn", "resnet_bottleneck", "densenet", "mlpnet"])
+def test_dynamic_batch_exports_partition_and_shrink(zoo_cache, tmp_path, name):
+    """Deployment models usually have a symbolic batch: Flatten over (N, C, H, W) still maps."""
+    import torch
+
+    from models.zoo import ZOO, build
+
+    path = tmp_path / f"{name}.dyn.onnx"
+    torch.onnx.export(build(name), (torch.randn(ZOO[name].input_shape),), str(path),
+                      dynamo=False, do_constant_folding=False, input_names=["input"],
+                      output_names=["output"], opset_version=17,
+                      dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
+    dynamic, static = partition(path), partition(zoo_cache(name))
+    assert _group_shape(dynamic.groups) == _group_shape(static.groups)
+    masks = {g.id: np.arange(g.size) % 3 != 0 for g in dynamic.prunable if g.size > 2}
+    outcome = shrink(path, masks, result=dynamic, options=ShrinkOptions(samples=2))
+    assert outcome.passed
+    from onnxoto.masking import zero_channels
+    from onnxoto.validate import compare
+
+    reference = zero_channels(onnx.load(path), dynamic.groups, masks)
+    assert compare(reference, outcome.model, dynamic_dim=5).passed

@@ -82,12 +82,13 @@ def aligned_axis(space: Space, in_rank: int, out_rank: int) -> int:
     return space.axis + (out_rank - in_rank)
 
 
-def broadcast_extent(shape: Sequence[int], out_axis: int, out_rank: int) -> tuple[int, int] | None:
-    """(own axis, size) of a broadcast operand along the output's ``out_axis``; None if absent."""
+def broadcast_extent(shape: Sequence, out_axis: int, out_rank: int) -> tuple[int, object] | None:
+    """(own axis, size) of a broadcast operand along the output's ``out_axis``; None if absent.
+    The size may be a symbol or None (dynamic), which matches neither 1 nor a channel count."""
     own = out_axis - (out_rank - len(shape))
     if own < 0:
         return None
-    return own, int(shape[own])
+    return own, shape[own]
 
 
 def pass_through(node: onnx.NodeProto, ctx: Tracer, *, dirt: str | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from onnxoto.rules.base import (
@@ -16,6 +18,38 @@ from onnxoto.rules.base import (
 )
 from onnxoto.spaces import Space, Tracer, node_label
 
+Factor = tuple[int, Counter]
+
+
+def _factor(dim) -> Factor | None:
+    if isinstance(dim, int | np.integer):
+        return int(dim), Counter()
+    if isinstance(dim, str):
+        return 1, Counter({dim: 1})
+    return None
+
+
+def _product(factors) -> Factor:
+    value, symbols = 1, Counter()
+    for number, names in factors:
+        value, symbols = value * number, symbols + names
+    return value, symbols
+
+
+def _fill_unknown(factors: list[Factor | None], total: Factor) -> list[Factor] | None:
+    """Solve for one unknown output dim from the element count (Reshape with -1, dynamic N)."""
+    missing = [i for i, f in enumerate(factors) if f is None]
+    if not missing:
+        return factors
+    if len(missing) > 1:
+        return None
+    known = _product(f for f in factors if f is not None)
+    if known[0] == 0 or total[0] % known[0] or known[1] - total[1]:
+        return None
+    factors = list(factors)
+    factors[missing[0]] = (total[0] // known[0], total[1] - known[1])
+    return factors
+
 
 def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
     """Where channel axis ``axis`` of ``in_shape`` lands in ``out_shape`` (row-major reshape).
@@ -23,21 +57,29 @@ def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
     Returns ``(out_axis, block)``: channel c owns indices [c*block, (c+1)*block) of
     ``out_axis`` (block > 1 when the channel axis merges with the axes after it, as in
     Flatten of C x H x W). None when the channel axis is split or mixed with earlier axes.
+    Dims before the channel axis may be symbolic (a dynamic batch); the channel axis and the
+    axes after it must be static.
     """
-    prefix = int(np.prod(in_shape[:axis], dtype=np.int64))
-    channels = int(in_shape[axis])
-    tail = int(np.prod(in_shape[axis + 1:], dtype=np.int64))
-    acc, j = 1, 0
-    while j < len(out_shape) and acc < prefix:
-        acc *= int(out_shape[j])
+    ins = [_factor(d) for d in in_shape]
+    if any(f is None or f[1] for f in ins[axis:]) or any(f is None for f in ins):
+        return None
+    outs = _fill_unknown([_factor(d) for d in out_shape], _product(ins))
+    if outs is None:
+        return None
+    prefix = _product(ins[:axis])
+    channels, tail = ins[axis][0], _product(ins[axis + 1:])[0]
+    acc, j = (1, Counter()), 0
+    while j < len(outs) and acc != prefix:
+        acc = _product([acc, outs[j]])
         j += 1
     if acc != prefix:
         return None
     candidates = []  # unit dims right after the prefix make the position ambiguous
-    while j < len(out_shape):
-        dim = int(out_shape[j])
-        if dim % channels == 0 and tail % (dim // channels) == 0 and \
-                int(np.prod(out_shape[j + 1:], dtype=np.int64)) == tail // (dim // channels):
+    while j < len(outs) and not outs[j][1]:
+        dim = outs[j][0]
+        rest = _product(outs[j + 1:])
+        if dim % channels == 0 and not rest[1] and tail % (dim // channels) == 0 and \
+                rest[0] == tail // (dim // channels):
             candidates.append((j, dim // channels))
         if dim != 1:
             break
@@ -48,13 +90,14 @@ def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
 
 
 def _map_through(node, ctx: Tracer, space: Space, out_shape) -> Space | None:
-    in_shape = ctx.static_shape(node.input[0])
+    in_shape = ctx.shape(node.input[0])
     if in_shape is None or out_shape is None:
         barrier(node, ctx, "has shapes unknown before run time")
         return None
     mapping = reshape_map(in_shape, out_shape, space.axis)
     if mapping is None:
-        barrier(node, ctx, "splits or mixes the channel axis with other axes")
+        barrier(node, ctx, "splits or mixes the channel axis with other axes (or its shapes "
+                           "are not static from the channel axis on)")
         return None
     axis, block = mapping
     return space.repeated(block, axis) if block > 1 else space.on_axis(axis)
@@ -69,7 +112,7 @@ class FlattenRule(Rule):
         space = ctx.space(node.input[0])
         if space is not None:
             ctx.set_space(node.output[0],
-                          _map_through(node, ctx, space, ctx.static_shape(node.output[0])))
+                          _map_through(node, ctx, space, ctx.shape(node.output[0])))
 
 
 class ReshapeRule(Rule):
@@ -86,7 +129,7 @@ class ReshapeRule(Rule):
             barrier(node, ctx, "takes its target shape from a run-time computation; export "
                                "with static shapes (e.g. torch.flatten instead of view(B, -1))")
             return
-        out = _map_through(node, ctx, space, ctx.static_shape(node.output[0]))
+        out = _map_through(node, ctx, space, ctx.shape(node.output[0]))
         if out is None:
             return
         if int(target[out.axis]) == 0 and (out.axis != space.axis or out.size != space.size):
@@ -181,8 +224,8 @@ class ConcatRule(Rule):
         for name in names:
             space = ctx.space(name)
             if space is None:
-                shape = ctx.static_shape(name)
-                if shape is None:
+                shape = ctx.shape(name)
+                if shape is None or not isinstance(shape[axis], int):
                     barrier(node, ctx, f"concatenates '{name}' of unknown shape")
                     return
                 space = ctx.new_space(shape[axis], axis, taint=f"{node_label(node)} "
@@ -361,8 +404,8 @@ class ResizeRule(Rule):
         space = ctx.space(node.input[0])
         if space is None:
             return
-        in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
-        if in_shape is None or out_shape is None:
+        in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+        if in_shape is None or out_shape is None or not isinstance(out_shape[space.axis], int):
             barrier(node, ctx, "has shapes unknown before run time")
             return
         if out_shape[space.axis] != in_shape[space.axis]:
