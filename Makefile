@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= out/demo
 
-.PHONY: venv demo test lint bench clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv data demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -17,16 +19,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[train,dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Fashion-MNIST comes from Debian (dataset-fashion-mnist); nothing is downloaded at run time.
+data:
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+demo: $(STAMP) data
 	bash scripts/demo.sh $(PY) $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m ruff check onnxoto trainers models benchmarks tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(STAMP) data
 	$(PY) benchmarks/partition_scaling.py
 	$(PY) benchmarks/shrink_latency.py
+	$(PY) benchmarks/optimizer_overhead.py
 
 clean:
 	rm -rf $(VENV) out

@@ -7,20 +7,25 @@ BIN=$(dirname "$PY")
 mkdir -p "$OUT"
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/6 export DemoNet (OTOv2, 1x28x28) to ONNX"
+step "1/7 export DemoNet (OTOv2, 1x28x28) to ONNX"
 "$PY" -m models.export --only demonet --exporter legacy --out "$OUT"
 
-step "2/6 partition into zero-invariant groups"
+step "2/7 partition into zero-invariant groups"
 "$BIN/onnxoto" partition "$OUT/demonet.onnx" -o "$OUT/partition.json"
 
-step "3/6 one-shot magnitude mask: remove 50% of every prunable group"
+step "3/7 one-shot magnitude mask: remove 50% of every prunable group"
 "$BIN/onnxoto" mask "$OUT/demonet.onnx" --ratio 0.5 -o "$OUT/masks.npz"
 
-step "4/6 shrink (validated against the full model with those channels zeroed)"
+step "4/7 shrink (validated against the full model with those channels zeroed)"
 "$BIN/onnxoto" shrink "$OUT/demonet.onnx" --mask "$OUT/masks.npz" -o "$OUT/demonet.slim.onnx"
 
-step "5/6 validate again, standalone"
+step "5/7 validate again, standalone"
 "$BIN/onnxoto" validate "$OUT/demonet.onnx" "$OUT/demonet.slim.onnx" --mask "$OUT/masks.npz"
 
-step "6/6 report: full vs slim, with onnxruntime CPU latency"
+step "6/7 report: full vs slim, with onnxruntime CPU latency"
 "$BIN/onnxoto" report "$OUT/demonet.onnx" "$OUT/demonet.slim.onnx" --latency --runs 30
+
+step "7/7 train with DHSPG instead: MLPNet on Fashion-MNIST, groups driven to exact zeros, then shrunk"
+"$PY" -m models.export --only mlpnet --exporter legacy --out "$OUT"
+"$PY" -m trainers dhspg "$OUT/mlpnet.onnx" --data fashion-mnist --target 0.5 --epochs 3 \
+    -o "$OUT/dhspg" --quiet
