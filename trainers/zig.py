@@ -1,20 +1,26 @@
 """Zero-invariant groups (ZIGs) of a partition, as index tensors over torch parameters.
 
 DHSPG's unit is one channel of one prunable group: every producer slice of that channel. Zeroing
-all of a ZIG's elements makes its channel carry exactly 0, so the channel can be deleted. Storing
-the ZIGs as (flat element index, zig id) pairs per parameter lets the optimizer reduce and update
-all ZIGs at once with ``index_add_`` and gathers, with no Python loop over groups.
+all of a ZIG's elements makes its channel carry exactly 0, so the channel can be deleted.
+
+A producer member is a whole slice along one axis, so each parameter is indexed by ``rows``: the
+ZIG id of every index along that axis (``K``, a spill slot, where no ZIG owns it). Per-ZIG sums
+are then a reduction over the other axes plus one ``index_add_`` of ``S`` row sums, and per-ZIG
+factors reach the elements by broadcasting ``factor[rows]``: no Python loop over ZIGs and no
+per-element index tensors on the hot path (on ResNet-50, element indices made a step 30x slower
+than SGD on CPU). Element indices are still available (``flat``, ``zig``) for checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
-from onnxoto.groups import Group, Member
+from onnxoto.groups import Group
 
 __all__ = ["ParamEntries", "ZigIndex", "build_zig_index"]
 
@@ -23,25 +29,65 @@ Tensors = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class ParamEntries:
-    """The elements of one parameter that belong to ZIGs.
-
-    ``flat`` holds flat element indices (sorted), ``zig`` the ZIG id of each. ``dense`` is True
-    when ``flat`` is every element in order, so gathers can be plain views.
-    """
+    """The ZIG elements of one parameter: index ``i`` along ``axis`` belongs to ZIG ``rows[i]``
+    (``rows[i] == num_groups`` when no ZIG owns it)."""
 
     name: str
     param: torch.Tensor
-    flat: torch.Tensor
-    zig: torch.Tensor
-    dense: bool
+    axis: int
+    rows: torch.Tensor
+    num_groups: int
 
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The ZIG elements of ``tensor`` (same shape as ``param``), in ``flat`` order."""
-        view = tensor.reshape(-1)
-        return view if self.dense else view[self.flat]
+    @cached_property
+    def shape3(self) -> tuple[int, int, int]:
+        """(before, axis, after) sizes: every per-row operation works on this 3-D view."""
+        shape = self.param.shape
+        before = int(np.prod(shape[:self.axis], dtype=np.int64))
+        after = int(np.prod(shape[self.axis + 1:], dtype=np.int64))
+        return before, shape[self.axis], after
+
+    @cached_property
+    def covered(self) -> torch.Tensor:
+        return self.rows < self.num_groups
+
+    @property
+    def dense(self) -> bool:
+        """True when every element of the parameter belongs to some ZIG."""
+        return bool(self.covered.all())
+
+    def view3(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A (before, axis, after) view for reading (a copy if ``tensor`` is not contiguous)."""
+        return tensor.reshape(self.shape3)
+
+    def row_dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-row inner products of two tensors shaped like ``param`` (Tensor[S])."""
+        return torch.einsum("psq,psq->s", self.view3(a), self.view3(b))
+
+    def row_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return self.view3(values).sum(dim=(0, 2))
+
+    def per_row(self, per_zig: torch.Tensor, fill: float | bool) -> torch.Tensor:
+        """``per_zig`` (Tensor[K]) shaped to broadcast against ``param`` along ``axis``;
+        ``fill`` where no ZIG owns an index. In-place ops then need no view of the param."""
+        extended = torch.cat([per_zig, per_zig.new_full((1,), fill)])
+        shape = [1] * self.param.dim()
+        shape[self.axis] = -1
+        return extended[self.rows].view(shape)
+
+    @cached_property
+    def flat(self) -> torch.Tensor:
+        """Flat indices of the ZIG elements, ascending (for checks; not used by the optimizer)."""
+        index = torch.arange(self.param.numel(), device=self.rows.device).view(self.shape3)
+        return index[:, self.covered, :].reshape(-1).sort().values
+
+    @cached_property
+    def zig(self) -> torch.Tensor:
+        """The ZIG id of each element of ``flat``."""
+        before, size, after = self.shape3
+        return self.rows.view(1, size, 1).expand(before, size, after).reshape(-1)[self.flat]
 
 
-@dataclass
+@dataclass(eq=False)
 class ZigIndex:
     """All ZIGs of the prunable groups; ZIG ids are laid out group by group, channel by channel."""
 
@@ -57,28 +103,46 @@ class ZigIndex:
     @property
     def sizes(self) -> torch.Tensor:
         """Elements per ZIG (LongTensor[K])."""
-        out = torch.zeros(self.num_groups, dtype=torch.long, device=self.device)
-        for e in self.entries:
-            out.index_add_(0, e.zig, torch.ones_like(e.zig))
-        return out
+        return self._scatter(lambda e: torch.full((e.shape3[1],), e.shape3[0] * e.shape3[2],
+                                                  dtype=torch.long, device=self.device),
+                             torch.long)
 
     def params(self) -> dict[str, torch.Tensor]:
         return {e.name: e.param for e in self.entries}
 
-    def segment_sum(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-ZIG sums of per-element ``values`` (one tensor per entry, in entry order).
+    @cached_property
+    def _all_rows(self) -> tuple[torch.Tensor, list[int], list[list[int]]]:
+        shapes = []
+        for e in self.entries:
+            shape = [1] * e.param.dim()
+            shape[e.axis] = -1
+            shapes.append(shape)
+        rows = torch.cat([e.rows for e in self.entries]) if self.entries else None
+        return rows, [e.rows.numel() for e in self.entries], shapes
 
-        The building block for every per-ZIG reduction, so callers never loop over ZIGs."""
-        dtype = values[0].dtype if values else torch.float32
-        out = torch.zeros(self.num_groups, dtype=dtype, device=self.device)
-        for e, v in zip(self.entries, values, strict=True):
-            out.index_add_(0, e.zig, v)
-        return out
+    def broadcast(self, per_zig: torch.Tensor, fill: float | bool) -> dict[str, torch.Tensor]:
+        """``ParamEntries.per_row`` for every parameter with one gather (step-time helper)."""
+        rows, counts, shapes = self._all_rows
+        if rows is None:
+            return {}
+        extended = torch.cat([per_zig, per_zig.new_full((1,), fill)])[rows]
+        return {e.name: part.view(shape) for e, part, shape
+                in zip(self.entries, extended.split(counts), shapes, strict=True)}
+
+    def _scatter(self, row_values: Callable[[ParamEntries], torch.Tensor],
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Sum per-row values into per-ZIG totals; rows owned by no ZIG land in a dropped slot."""
+        parts = [(e, row_values(e)) for e in self.entries]
+        dtype = dtype or (parts[0][1].dtype if parts else torch.float32)
+        out = torch.zeros(self.num_groups + 1, dtype=dtype, device=self.device)
+        for e, values in parts:
+            out.index_add_(0, e.rows, values.to(dtype))
+        return out[:-1]
 
     @torch.no_grad()
     def dot(self, a: Tensors, b: Tensors) -> torch.Tensor:
         """Per-ZIG inner products <a_g, b_g> (Tensor[K])."""
-        return self.segment_sum([e.gather(a[e.name]) * e.gather(b[e.name]) for e in self.entries])
+        return self._scatter(lambda e: e.row_dot(a[e.name], b[e.name]))
 
     def group_sq_norms(self, tensors: Tensors | None = None) -> torch.Tensor:
         """Per-ZIG squared l2 norms (Tensor[K]); defaults to the indexed parameters."""
@@ -89,7 +153,7 @@ class ZigIndex:
     def nonzero_counts(self, tensors: Tensors | None = None) -> torch.Tensor:
         """Non-zero elements per ZIG: exact, where a squared norm can underflow to 0."""
         tensors = self.params() if tensors is None else tensors
-        return self.segment_sum([(e.gather(tensors[e.name]) != 0).long() for e in self.entries])
+        return self._scatter(lambda e: e.row_sum(tensors[e.name] != 0), torch.long)
 
     def zero_zigs(self, tensors: Tensors | None = None) -> torch.Tensor:
         """BoolTensor[K]: True where every element of the ZIG is exactly 0."""
@@ -99,26 +163,17 @@ class ZigIndex:
     def scale_(self, tensors: Tensors, factor: torch.Tensor) -> None:
         """Multiply every ZIG's elements by ``factor[zig]`` in place."""
         for e in self.entries:
-            view = tensors[e.name].view(-1)
-            if e.dense:
-                view.mul_(factor[e.zig])
-            else:
-                view[e.flat] = view[e.flat] * factor[e.zig]
+            tensors[e.name].mul_(e.per_row(factor, 1.0))
 
     @torch.no_grad()
     def zero_(self, tensors: Tensors, mask: torch.Tensor) -> None:
         """Set the elements of the ZIGs where ``mask`` is True to exactly 0, in place.
 
-        Masked writes, not index lists, so no host-device sync; names not in ``tensors`` are
-        skipped (optimizer state may hold only some parameters)."""
+        A broadcast masked fill: no index lists, so no host-device sync. Names not in
+        ``tensors`` are skipped (optimizer state may hold only some parameters)."""
         for e in self.entries:
-            if e.name not in tensors:
-                continue
-            view = tensors[e.name].view(-1)
-            if e.dense:
-                view.masked_fill_(mask[e.zig], 0)
-            else:
-                view[e.flat] = view[e.flat].masked_fill(mask[e.zig], 0)
+            if e.name in tensors:
+                tensors[e.name].masked_fill_(e.per_row(mask, False), 0)
 
     def zero_fraction(self, tensors: Tensors | None = None) -> float:
         """Share of ZIGs that are entirely zero (the group sparsity DHSPG targets)."""
@@ -152,10 +207,11 @@ def build_zig_index(
     """Index the ZIGs of the prunable ``groups`` over ``params`` (initializer name -> tensor).
 
     Members of ``roles`` (default producers only: zeroing them zeroes the channel) are indexed.
-    Raises ValueError if a member's initializer is missing from ``params`` or if an element would
-    belong to two ZIGs.
+    Raises ValueError if a member's initializer is missing from ``params``, if an element would
+    belong to two ZIGs, or if one parameter's ZIG slices lie on two different axes.
     """
-    pieces: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    rows: dict[str, np.ndarray] = {}
+    axes: dict[str, int] = {}
     owners: list[tuple[int, int]] = []
     group_sizes: dict[int, int] = {}
     for group in (g for g in groups if g.prunable):
@@ -163,45 +219,31 @@ def build_zig_index(
         owners.extend((group.id, c) for c in range(group.size))
         group_sizes[group.id] = group.size
         for member in (m for m in group.members if m.role in roles):
-            if member.initializer not in params:
-                raise ValueError(f"group {group.id}: {member.role} '{member.initializer}' is not "
-                                 f"among the parameters given; bind every float initializer")
-            tensor = params[member.initializer]
-            flat, zig = _member_elements(member, group.size, tensor)
-            pieces.setdefault(member.initializer, []).append((flat, zig + first))
-    entries = [_merge(name, params[name], parts) for name, parts in pieces.items()]
-    return ZigIndex(num_groups=len(owners), owners=owners, entries=entries,
-                    group_sizes=group_sizes)
+            name = member.initializer
+            if name not in params:
+                raise ValueError(f"group {group.id}: {member.role} '{name}' is not among the "
+                                 f"parameters given; bind every float initializer")
+            shape = tuple(params[name].shape)
+            if axes.setdefault(name, member.axis) != member.axis:
+                raise ValueError(f"'{name}': ZIG slices on axes {axes[name]} and {member.axis}; "
+                                 f"a parameter may feed ZIGs along one axis only")
+            owned = rows.setdefault(name, np.full(shape[member.axis], -1, dtype=np.int64))
+            _claim(owned, member.index_map.indices(np.arange(group.size)),
+                   first + np.repeat(np.arange(group.size), member.index_map.block), name)
+    k = len(owners)
+    entries = []
+    for name, owned in rows.items():
+        param = params[name]
+        slots = torch.as_tensor(np.where(owned < 0, k, owned), device=param.device)
+        entries.append(ParamEntries(name, param, axes[name], slots, k))
+    return ZigIndex(num_groups=k, owners=owners, entries=entries, group_sizes=group_sizes)
 
 
-def _member_elements(
-    member: Member, size: int, tensor: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat element indices of ``member``'s slice of ``tensor`` and the channel of each."""
-    device = tensor.device
-    along = torch.as_tensor(member.index_map.indices(np.arange(size)), device=device)
-    if along.numel() and (int(along.max()) >= tensor.shape[member.axis] or int(along.min()) < 0):
-        raise ValueError(f"'{member.initializer}' axis {member.axis} has "
-                         f"{tensor.shape[member.axis]} entries; the group map needs index "
-                         f"{int(along.max())}")
-    channel = torch.arange(size, device=device).repeat_interleave(member.index_map.block)
-    flat = torch.arange(tensor.numel(), device=device).reshape(tensor.shape)
-    flat = flat.index_select(member.axis, along)
-    shape = [1] * tensor.dim()
-    shape[member.axis] = along.numel()
-    zig = channel.reshape(shape).expand_as(flat)
-    return flat.reshape(-1), zig.reshape(-1)
-
-
-def _merge(
-    name: str, param: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]
-) -> ParamEntries:
-    """One sorted entry list per parameter, refusing elements claimed twice."""
-    flat = torch.cat([p[0] for p in parts])
-    zig = torch.cat([p[1] for p in parts])
-    order = torch.argsort(flat, stable=True)
-    flat, zig = flat[order], zig[order]
-    if flat.numel() > 1 and bool((flat[1:] == flat[:-1]).any()):
+def _claim(owned: np.ndarray, indices: np.ndarray, zigs: np.ndarray, name: str) -> None:
+    """Give axis ``indices`` to ``zigs``, refusing indices out of range or already owned."""
+    if indices.size and (indices.min() < 0 or indices.max() >= owned.size):
+        raise ValueError(f"'{name}': the group map needs index {int(indices.max())} on an axis "
+                         f"of {owned.size}")
+    if (owned[indices] >= 0).any() or np.unique(indices).size != indices.size:
         raise ValueError(f"'{name}': some elements belong to two ZIGs; the partition overlaps")
-    dense = flat.numel() == param.numel()
-    return ParamEntries(name=name, param=param, flat=flat, zig=zig, dense=dense)
+    owned[indices] = zigs
