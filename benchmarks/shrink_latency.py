@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{full_metrics.params:,} params, {full_metrics.macs:,} MACs; onnxruntime CPU, "
                 f"median of {args.runs} interleaved runs\n\n" + markdown_table(headers, table))
     print(markdown)
-    out = write_results("shrink_latency", {"full_params": full_metrics.params,
+    out = write_results(f"shrink_latency_{args.size}", {"full_params": full_metrics.params,
                                            "full_macs": full_metrics.macs, "rows": rows},
                         markdown)
     print(f"\nwrote {out}")
