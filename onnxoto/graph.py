@@ -114,12 +114,6 @@ class GraphView:
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         return self.shapes.get(name)
 
-    def static_shape(self, name: str) -> tuple[int, ...] | None:
-        shape = self.shapes.get(name)
-        if shape is None or any(not isinstance(d, int) for d in shape):
-            return None
-        return tuple(int(d) for d in shape)
-
     def const_source(self, name: str) -> tuple[str, tuple[int, ...]] | None:
         """The initializer behind a constant tensor and how its axes map, through
         Identity/Transpose/Cast chains that only this path uses (so slicing is safe).

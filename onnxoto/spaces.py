@@ -42,9 +42,6 @@ class Space:
     def cleaned(self) -> Space:
         return Space(self.axis, self.slots, np.zeros_like(self.dirt))
 
-    def take(self, index: np.ndarray | slice) -> np.ndarray:
-        return self.slots[index]
-
     def sliced(self, index: np.ndarray | slice, axis: int | None = None) -> Space:
         return Space(self.axis if axis is None else axis, self.slots[index], self.dirt[index])
 
@@ -199,9 +196,6 @@ class Tracer:
 
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         return self.view.shape(name)
-
-    def static_shape(self, name: str) -> tuple[int, ...] | None:
-        return self.view.static_shape(name)
 
     def rank(self, name: str) -> int | None:
         return self.view.rank(name)
