@@ -191,3 +191,16 @@ def test_core_imports_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_report_latency_gives_speedup(zoo_cache, tmp_path):
+    model = zoo_cache("vgg_bn")
+    masks, slim = tmp_path / "masks.npz", tmp_path / "slim.onnx"
+    run("mask", model, "--ratio", "0.75", "-o", masks)
+    run("shrink", model, "--mask", masks, "-o", slim, "--round-to", "8")
+    data = json.loads(run("report", model, slim, "--latency", "--runs", "3", "--warmup", "1",
+                          "--json").output)
+    assert data["latency"]["runs"] == 3 and data["slim_latency"]["runs"] == 3
+    assert data["speedup"] > 0
+    table = run("report", model, slim, "--latency", "--runs", "2").output
+    assert "median ms" in table and "speed-up (median)" in table
