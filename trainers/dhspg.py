@@ -249,13 +249,16 @@ class DHSPG(torch.optim.Optimizer):
                project: torch.Tensor, lr: float) -> None:
         """x <- shrink[zig] * x - lr * d; projected ZIGs get factor 0 on both terms: exact 0."""
         shrinks = self.zig.broadcast(shrink.masked_fill(project, 0), 1.0)
-        lives = self.zig.broadcast((~project).to(shrink.dtype), 1.0)
+        projected = self.zig.broadcast(project, False)
         for name, d in directions.items():
             p = self.named[name]
-            if name in shrinks:
-                p.mul_(shrinks[name]).addcmul_(d, lives[name], value=-lr)
-            else:
-                p.add_(d, alpha=-lr)
+            if name in shrinks and bool((shrinks[name] != 1).any()):
+                p.mul_(shrinks[name])
+            p.add_(d, alpha=-lr)
+            if name in projected:  # only the few projected rows are touched a second time
+                rows = projected[name].reshape(-1).nonzero().reshape(-1)
+                if rows.numel():
+                    p.index_fill_(self._entries[name].axis, rows, 0)
         self._zeroed = project
 
     # ------------------------------------------------------------------ reporting and resume

@@ -61,7 +61,7 @@ class ParamEntries:
 
     def row_dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-row inner products of two tensors shaped like ``param`` (Tensor[S])."""
-        return torch.einsum("psq,psq->s", self.view3(a), self.view3(b))
+        return (self.view3(a) * self.view3(b)).sum(dim=(0, 2))  # faster than einsum on CPU
 
     def row_sum(self, values: torch.Tensor) -> torch.Tensor:
         return self.view3(values).sum(dim=(0, 2))
