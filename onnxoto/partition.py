@@ -196,6 +196,11 @@ def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members
     channels_here = slot_channel[record.slots]
     users = view.consumers.get(record.initializer, [])
     first = int(groups_here[0])
+    if len(record.slots) != _axis_length(view, record.initializer, record.axis):
+        for gid in np.unique(groups_here).tolist():
+            _add_reason(reasons[gid], f"'{record.initializer}' axis {record.axis} does not have "
+                                      f"the {len(record.slots)} entries its channels need")
+        return
     if (groups_here == first).all() and channels_here.shape[0] == sizes[first] and \
             (channels_here == np.arange(sizes[first])).all():  # the common case: 1:1
         if len(users) > 1:
@@ -222,6 +227,11 @@ def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members
                                       f"{len(users)} nodes")
         members[gid].append(Member(record.initializer, record.axis, record.role, index_map,
                                    record.node))
+
+
+def _axis_length(view: GraphView, initializer: str, axis: int) -> int | None:
+    shape = view.shapes.get(initializer)
+    return shape[axis] if shape is not None and axis < len(shape) else None
 
 
 def _check_shared(members: list[list[Member]], reasons: list[list[str]]) -> None:

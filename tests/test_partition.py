@@ -91,7 +91,7 @@ def test_convnext_layernorm_space_is_not_prunable(zoo_cache, exporter):
 
 @pytest.mark.parametrize(("exporter", "stopper"), [
     ("dynamo", "normalizes over the channel axis"),
-    ("legacy", "takes its target shape from a run-time computation"),  # flatten(2) via Shape
+    ("legacy", "normalizes over the channel axis"),  # flatten(2) via Shape, followed
 ])
 def test_vit_mlp_hidden_groups_prunable_attention_not(zoo_cache, exporter, stopper):
     result = partition(zoo_cache("vit", exporter))

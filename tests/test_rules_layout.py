@@ -75,20 +75,34 @@ def test_reshape_splitting_the_channel_axis_is_not_prunable():
     assert "Reshape node 'heads' splits or mixes the channel axis" in result.groups[0].reason
 
 
-def test_reshape_with_runtime_target_asks_for_static_shapes():
-    """torch's view(B, -1): Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
-    g = GraphBuilder(seed=54)
-    stem = _stem(g)
+def _runtime_view(g: GraphBuilder, stem: str, tail: list[int]) -> str:
+    """torch's view(B, ...): Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
     batch = g.op("Gather", [g.op("Shape", [stem]), _ints(g, "zero", 0)], axis=0)
     batch = g.op("Unsqueeze", [batch, _ints(g, "axis0", [0])])
-    target = g.op("Concat", [batch, _ints(g, "minus_one", [-1])], axis=0)
-    y = g.op("Reshape", [stem, target], name="view")
-    model = g.build([g.gemm(y, 5, name="fc")])
+    target = g.op("Concat", [batch, _ints(g, "tail", tail)], axis=0)
+    return g.op("Reshape", [stem, target], name="view")
+
+
+def test_reshape_with_runtime_view_b_minus_one_is_followed():
+    """OTO crashes on view(B, -1) -> Linear; the target adapts at run time, so it is prunable."""
+    g = GraphBuilder(seed=54)
+    y = _runtime_view(g, _stem(g), [-1])
+    model = g.build([g.op("Gemm", [y, g.weight("fc.weight", [8 * 16, 5])], name="fc")])
     result = partition(model)
-    assert _sizes(result) == [(8, False), (5, False)]
+    assert _sizes(result) == [(8, True), (5, False)]
+    assert member(result.groups[0], "fc.weight").index_map.block == 16
+    assert_invariant(model, result)
+
+
+def test_reshape_with_runtime_target_fixing_channels_asks_for_static_shapes():
+    g = GraphBuilder(seed=54)
+    y = _runtime_view(g, _stem(g), [8, -1])
+    model = g.build([g.conv(g.op("Unsqueeze", [y, _ints(g, "axis3", [3])]), 5, name="c2")])
+    result = partition(model)
     reason = result.groups[0].reason
+    assert not result.groups[0].prunable
     assert "Reshape node 'view' takes its target shape from a run-time computation" in reason
-    assert "static shapes" in reason
+    assert "fixes the channel count" in reason and "static shapes" in reason
 
 
 # --- Transpose / Squeeze / Unsqueeze -------------------------------------------------------

@@ -63,7 +63,9 @@ def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
     ins = [_factor(d) for d in in_shape]
     if any(f is None or f[1] for f in ins[axis:]) or any(f is None for f in ins):
         return None
-    outs = _fill_unknown([_factor(d) for d in out_shape], _product(ins))
+    known = {d for d in in_shape if isinstance(d, str)}  # other names are inference's unknowns
+    outs = _fill_unknown([_factor(d) if not isinstance(d, str) or d in known else None
+                          for d in out_shape], _product(ins))
     if outs is None:
         return None
     prefix = _product(ins[:axis])
@@ -125,12 +127,16 @@ class ReshapeRule(Rule):
         if space is None:
             return
         target = ctx.const(node.input[1])
-        if target is None:
-            barrier(node, ctx, "takes its target shape from a run-time computation; export "
-                               "with static shapes (e.g. torch.flatten instead of view(B, -1))")
-            return
         out = _map_through(node, ctx, space, ctx.shape(node.output[0]))
         if out is None:
+            return
+        if target is None:
+            why = _runtime_target_problem(node, ctx, space, out)
+            if why:
+                barrier(node, ctx, f"takes its target shape from a run-time computation that "
+                                   f"{why}; export with static shapes")
+                return
+            ctx.set_space(node.output[0], out)
             return
         if int(target[out.axis]) == 0 and (out.axis != space.axis or out.size != space.size):
             barrier(node, ctx, "copies a moved channel dimension with 0 in its target")
@@ -147,6 +153,67 @@ class ReshapeRule(Rule):
             target = np.array(target, copy=True)
             target[axis] = int(keep.sum())
             edit.set_input_const(1, target)
+
+
+def _runtime_target_problem(node, ctx: Tracer, space: Space, out: Space) -> str | None:
+    """Why a run-time Reshape target would go stale after shrinking, or None if it adapts.
+
+    ``x.view(x.size(0), -1)`` builds its target from Shape(x) and -1 at run time: after
+    channels are removed the same computation yields the new shape, so nothing needs rewriting.
+    That holds when the channel entry is -1 (or x's own channel dim, unmerged) and no other
+    entry carries a channel count.
+    """
+    entries = _shape_entries(ctx, node.input[1])
+    if entries is None or len(entries) != len(ctx.shape(node.output[0]) or ()):
+        return "onnxoto cannot follow"
+    data = node.input[0]
+    for position, entry in enumerate(entries):
+        if position == out.axis:
+            ok = entry == ("const", -1) or (entry == ("dim", data, space.axis) and
+                                            out.size == space.size)
+            if not ok:
+                return "fixes the channel count"
+        elif entry[0] == "dim" and ctx.view.producer.get(entry[1]) is not None and \
+                ctx.spaces.get(entry[1]) is not None and ctx.spaces[entry[1]].axis == entry[2]:
+            return "reads a channel count into another dimension"
+    return None
+
+
+def _shape_entries(ctx: Tracer, name: str) -> list[tuple] | None:
+    """Each entry of a 1-D shape tensor as ("const", value) or ("dim", tensor, axis), following
+    the Shape -> Gather/Slice -> Unsqueeze -> Concat pattern exporters emit; None otherwise."""
+    value = ctx.const(name)
+    if value is not None:
+        return [("const", int(v)) for v in np.asarray(value).reshape(-1)]
+    node = ctx.view.producer.get(name)
+    if node is None:
+        return None
+    a = attrs(node)
+    if node.op_type in ("Cast", "Unsqueeze", "Squeeze", "Identity"):
+        return _shape_entries(ctx, node.input[0])
+    if node.op_type == "Concat":
+        parts = [_shape_entries(ctx, part) for part in node.input]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if node.op_type == "Shape":
+        rank = ctx.rank(node.input[0])
+        if rank is None:
+            return None
+        start = normalize_axis(int(a.get("start", 0)), rank)
+        end = normalize_axis(int(a.get("end", rank)), rank) if "end" in a else rank
+        return [("dim", node.input[0], k) for k in range(start, end)]
+    if node.op_type in ("Gather", "Slice"):
+        dims = _shape_entries(ctx, node.input[0])
+        if dims is None:
+            return None
+        if node.op_type == "Gather":
+            index = ctx.const(node.input[1])
+            return None if index is None else [dims[int(i)] for i in np.asarray(index).reshape(-1)]
+        params = _slice_params(node, ctx, 1)
+        if params is None or params[3] != [1]:
+            return None
+        begin, stop, _ = slice(params[0][0], params[1][0]).indices(len(dims))
+        return dims[begin:stop]
+    return None
 
 
 class TransposeRule(Rule):
