@@ -7,7 +7,7 @@ DEMO_DIR ?= out/demo
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo test lint bench clean
+.PHONY: venv data demo test lint bench bench-demonet clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: $(STAMP) data
 	$(PY) benchmarks/partition_scaling.py
 	$(PY) benchmarks/shrink_latency.py
 	$(PY) benchmarks/optimizer_overhead.py
+
+# About an hour on a 2-core CPU (4 DemoNet trainings); flags as for the committed results.
+bench-demonet: $(STAMP) data
+	$(PY) benchmarks/otov2_demonet.py --limit-train 12000 --limit-test 5000 --epochs 6 \
+		--targets 0.5 0.6 0.7
 
 clean:
 	rm -rf $(VENV) out

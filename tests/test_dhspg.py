@@ -121,13 +121,14 @@ def test_inner_axis_member_and_blocks():
     assert zig.sizes.tolist() == [6, 6, 6, 6, 10, 10, 10]
     expected = torch.cat([params["t"].pow(2).sum((0, 2)),
                           params["f"].pow(2).sum(0).view(3, 2).sum(1).double()])
-    torch.testing.assert_close(zig.group_sq_norms().double(), expected)
+    # "f" is float32: compare at float32 precision (norms and sums of squares round differently)
+    torch.testing.assert_close(zig.group_sq_norms().float(), expected.float())
     zig.scale_(params, torch.tensor([1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 3.0]))
     zig.zero_(params, torch.tensor([True, False, False, False, False, True, False]))
     assert (params["t"][:, 0] == 0).all() and (params["f"][:, 2:4] == 0).all()
     assert zig.zero_zigs().tolist() == [True, False, False, False, False, True, False]
-    torch.testing.assert_close(zig.group_sq_norms()[[1, 6]].double(),
-                               torch.stack([4 * expected[1], 9 * expected[6]]))
+    torch.testing.assert_close(zig.group_sq_norms()[[1, 6]].float(),
+                               torch.stack([4 * expected[1], 9 * expected[6]]).float())
 
 
 def test_overlapping_groups_refused():

@@ -13,12 +13,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+import trainers.train
 from onnxoto.errors import OnnxotoError
 from onnxoto.groups import load_masks
 from onnxoto.masking import masks_from_zeros
 from onnxoto.partition import partition
 from trainers.__main__ import main
-from trainers.train import FILES, TrainOptions, run_dhspg
+from trainers.train import FILES, TrainOptions, onnx_predictions, run_dhspg, scheduled_lr
 
 TINY = dict(epochs=2, batch_size=32, warmup_epochs=0, period_steps=4, target=0.5, epsilon=0.9,
             quiet=True)
@@ -101,6 +102,23 @@ def test_slim_matches_trained_and_is_smaller(digits_run, mlpnet):
     assert removed == metrics["channels"]["removed"] > 0
 
 
+def test_onnxoto_shrink_zeros_on_trained_model_keeps_accuracy(digits_run, tmp_path):
+    """The user's path after training: `onnxoto shrink trained.onnx --zeros` by hand."""
+    from onnxoto.cli import main as onnxoto_main
+    from trainers.data import load_dataset
+
+    out, metrics = digits_run
+    slim = tmp_path / "by_hand.onnx"
+    done = CliRunner().invoke(onnxoto_main, ["shrink", str(out / FILES["trained"]), "--zeros",
+                                             "-o", str(slim)])
+    assert done.exit_code == 0, done.output
+    x, y = load_dataset(metrics["options"]["data"], split="test",
+                        limit=metrics["options"]["limit_test"])
+    accuracy = float((onnx_predictions(onnx.load(str(slim)), x) == y).mean())
+    assert accuracy == metrics["accuracy"]["trained"]
+    assert sum(t.size for t in _weights(slim).values()) == metrics["params"]["slim"]
+
+
 def test_resume_gives_the_same_weights(mlpnet, synthetic, tmp_path):
     options = dict(data=str(synthetic), **TINY)
     straight = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "a", **options))
@@ -116,6 +134,43 @@ def test_resume_gives_the_same_weights(mlpnet, synthetic, tmp_path):
                                        **{**options, "target": 0.3}))
     with pytest.raises(OnnxotoError, match="no checkpoint"):
         run_dhspg(mlpnet, TrainOptions(out=tmp_path / "c", resume=True, **options))
+
+
+def test_cosine_rate_is_a_function_of_the_step():
+    rates = [scheduled_lr(0.1, "cosine", step, 100) for step in range(101)]
+    assert rates[0] == 0.1 and abs(rates[50] - 0.05) < 1e-12 and abs(rates[100]) < 1e-12
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert scheduled_lr(0.1, "constant", 70, 100) == 0.1
+    with pytest.raises(OnnxotoError, match="lr schedule 'step': choose from constant, cosine"):
+        TrainOptions(lr_schedule="step")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_cosine_run_killed_after_one_epoch_resumes_exactly(mlpnet, synthetic, tmp_path,
+                                                            monkeypatch):
+    options = dict(data=str(synthetic), lr_schedule="cosine", **TINY)
+    straight = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "a", **options))
+    save = trainers.train._save_checkpoint
+
+    def save_then_die(run, epoch):
+        save(run, epoch)
+        raise _Killed
+
+    monkeypatch.setattr(trainers.train, "_save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", **options))
+    monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
+    resumed = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", resume=True, **options))
+    a, b = _weights(tmp_path / "a" / FILES["trained"]), _weights(tmp_path / "b" / FILES["trained"])
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    with pytest.raises(OnnxotoError, match="different run.*epochs"):
+        run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", resume=True,
+                                       **{**options, "epochs": TINY["epochs"] + 1}))
 
 
 def _cli(args):

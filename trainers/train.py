@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -57,6 +58,7 @@ __all__ = [
     "onnx_predictions",
     "resolve_device",
     "run_dhspg",
+    "scheduled_lr",
 ]
 
 FORMAT = "onnxoto.train/1"
@@ -68,11 +70,12 @@ FILES = {
     "metrics": "metrics.json",
 }
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+LR_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH = 1024
 # Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
-_RUN_KEYS = ("data", "target", "batch_size", "lr", "variant", "warmup_epochs", "period_steps",
-             "epsilon", "limit_train", "seed")
+_RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "warmup_epochs",
+             "period_steps", "epsilon", "limit_train", "seed")
 
 Log = Callable[[str], None]
 
@@ -83,7 +86,8 @@ class ValidationMismatch(OnnxotoError):
 
 @dataclass
 class TrainOptions:
-    """One DHSPG run. ``lr`` defaults per variant (sgd 0.1, adam 1e-3); ``batch_size`` is per
+    """One DHSPG run. ``lr`` defaults per variant (sgd 0.1, adam 1e-3); ``lr_schedule`` cosine
+    decays it to 0 over all steps (see ``scheduled_lr``); ``batch_size`` is per
     process; ``warmup_epochs`` of plain steps come before any group is pushed to zero;
     ``period_steps`` is how often the redundant set is re-chosen; ``epsilon`` in [0, 0.95] is the
     half-space threshold (higher projects to zero sooner); ``limit_*`` keep the first N samples;
@@ -94,6 +98,7 @@ class TrainOptions:
     epochs: int = 10
     batch_size: int = 64
     lr: float | None = None
+    lr_schedule: str = "constant"
     variant: str = "sgd"
     warmup_epochs: int = 1
     period_steps: int = 100
@@ -110,6 +115,9 @@ class TrainOptions:
         self.out = Path(self.out)
         if self.variant not in DEFAULT_LR:
             raise OnnxotoError(f"variant {self.variant!r}: choose from {', '.join(DEFAULT_LR)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise OnnxotoError(f"lr schedule {self.lr_schedule!r}: choose from "
+                               f"{', '.join(LR_SCHEDULES)}")
         if self.device not in DEVICES:
             raise OnnxotoError(f"device {self.device!r}: choose from {', '.join(DEVICES)}")
         self.lr = DEFAULT_LR[self.variant] if self.lr is None else self.lr
@@ -129,7 +137,9 @@ class TrainOptions:
             raise OnnxotoError(f"options out of range: need {', '.join(broken)}")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in _RUN_KEYS}
+        """Options a resumed run must share; a cosine rate also depends on the epoch count."""
+        keys = _RUN_KEYS + (("epochs",) if self.lr_schedule == "cosine" else ())
+        return {key: getattr(self, key) for key in keys}
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
@@ -381,6 +391,17 @@ def _resume(run: Run) -> None:
 # --------------------------------------------------------------------------- training
 
 
+def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of global ``step`` (0-based) out of ``total_steps``.
+
+    A pure function of the step, not a scheduler object with state: a resumed run recomputes
+    the same rate, and DHSPG reads it from the param group each step (its push scales with it).
+    """
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
 def _train_epoch(run: Run, epoch: int, show_bar: bool) -> dict[str, float]:
     """One pass over this rank's shard; loss and accuracy summed over every rank."""
     run.train_loader.sampler.set_epoch(epoch)
@@ -388,8 +409,11 @@ def _train_epoch(run: Run, epoch: int, show_bar: bool) -> dict[str, float]:
     totals = torch.zeros(3, dtype=torch.float64, device=run.device)
     bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.options.epochs}", leave=False,
                disable=not show_bar, file=sys.stderr)
+    options, per_epoch = run.options, len(run.train_loader)
     for step, (x, y) in enumerate(bar):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        run.optimizer.param_groups[0]["lr"] = scheduled_lr(
+            options.lr, options.lr_schedule, epoch * per_epoch + step, options.epochs * per_epoch)
         run.optimizer.zero_grad(set_to_none=True)
         logits = run.net(x)
         loss = F.cross_entropy(logits, y)

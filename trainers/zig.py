@@ -63,6 +63,11 @@ class ParamEntries:
         """Per-row inner products of two tensors shaped like ``param`` (Tensor[S])."""
         return (self.view3(a) * self.view3(b)).sum(dim=(0, 2))  # faster than einsum on CPU
 
+    def row_sq_norm(self, a: torch.Tensor) -> torch.Tensor:
+        """Per-row squared l2 norms (Tensor[S]): a fused reduction with no temporary tensor, so
+        several times faster than ``row_dot(a, a)`` on CPU (the bulk of a DHSPG step's cost)."""
+        return torch.linalg.vector_norm(self.view3(a), dim=(0, 2)).square()
+
     def row_sum(self, values: torch.Tensor) -> torch.Tensor:
         return self.view3(values).sum(dim=(0, 2))
 
@@ -129,14 +134,33 @@ class ZigIndex:
         return {e.name: part.view(shape) for e, part, shape
                 in zip(self.entries, extended.split(counts), shapes, strict=True)}
 
+    @cached_property
+    def _entry_of_row(self) -> torch.Tensor:
+        _, counts, _ = self._all_rows
+        return torch.repeat_interleave(torch.arange(len(self.entries), device=self.device),
+                                       torch.tensor(counts, device=self.device))
+
+    def touched(self, per_zig: torch.Tensor) -> list[ParamEntries]:
+        """The entries with at least one row whose ZIG is True in ``per_zig`` (BoolTensor[K]),
+        found with one reduction and one host sync rather than a check per parameter."""
+        rows, _, _ = self._all_rows
+        if rows is None:
+            return []
+        hits = torch.cat([per_zig, per_zig.new_zeros(1)])[rows].to(torch.int32)
+        per_entry = torch.zeros(len(self.entries), dtype=torch.int32, device=self.device)
+        per_entry.index_add_(0, self._entry_of_row, hits)
+        return [e for e, count in zip(self.entries, per_entry.tolist(), strict=True) if count]
+
     def _scatter(self, row_values: Callable[[ParamEntries], torch.Tensor],
                  dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Sum per-row values into per-ZIG totals; rows owned by no ZIG land in a dropped slot."""
-        parts = [(e, row_values(e)) for e in self.entries]
-        dtype = dtype or (parts[0][1].dtype if parts else torch.float32)
-        out = torch.zeros(self.num_groups + 1, dtype=dtype, device=self.device)
-        for e, values in parts:
-            out.index_add_(0, e.rows, values.to(dtype))
+        """Sum per-row values into per-ZIG totals with one ``index_add_`` over all parameters;
+        rows owned by no ZIG land in a dropped slot."""
+        rows, _, _ = self._all_rows
+        if rows is None:
+            return torch.zeros(0, dtype=dtype or torch.float32, device=self.device)
+        values = torch.cat([row_values(e) for e in self.entries])
+        out = torch.zeros(self.num_groups + 1, dtype=dtype or values.dtype, device=self.device)
+        out.index_add_(0, rows, values.to(out.dtype))
         return out[:-1]
 
     @torch.no_grad()
@@ -144,10 +168,11 @@ class ZigIndex:
         """Per-ZIG inner products <a_g, b_g> (Tensor[K])."""
         return self._scatter(lambda e: e.row_dot(a[e.name], b[e.name]))
 
+    @torch.no_grad()
     def group_sq_norms(self, tensors: Tensors | None = None) -> torch.Tensor:
         """Per-ZIG squared l2 norms (Tensor[K]); defaults to the indexed parameters."""
         tensors = self.params() if tensors is None else tensors
-        return self.dot(tensors, tensors)
+        return self._scatter(lambda e: e.row_sq_norm(tensors[e.name]))
 
     @torch.no_grad()
     def nonzero_counts(self, tensors: Tensors | None = None) -> torch.Tensor:
@@ -179,7 +204,7 @@ class ZigIndex:
         """Share of ZIGs that are entirely zero (the group sparsity DHSPG targets)."""
         if self.num_groups == 0:
             return 0.0
-        return float(self.zero_zigs(tensors).float().mean())
+        return int(self.zero_zigs(tensors).sum()) / self.num_groups  # exact, not float32
 
     def masks(self, tensors: Tensors | None = None) -> dict[int, np.ndarray]:
         """onnxoto masks (group id -> bool keep, True = keep): a channel goes when its ZIG is 0.
