@@ -145,6 +145,21 @@ def test_cosine_rate_is_a_function_of_the_step():
         TrainOptions(lr_schedule="step")
 
 
+def test_momentum_and_weight_decay_reach_the_optimizer(mlpnet, synthetic, tmp_path):
+    base = dict(data=str(synthetic), **{**TINY, "epochs": 1})
+    run_dhspg(mlpnet, TrainOptions(out=tmp_path / "plain", **base))
+    heavy = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "heavy", momentum=0.9,
+                                           weight_decay=1e-3, **base))
+    assert heavy["options"]["momentum"] == 0.9 and heavy["options"]["weight_decay"] == 1e-3
+    a = _weights(tmp_path / "plain" / FILES["trained"])
+    b = _weights(tmp_path / "heavy" / FILES["trained"])
+    assert any(not np.array_equal(a[name], b[name]) for name in a)
+    result = _cli(["dhspg", mlpnet, "--data", synthetic, "--momentum", "1.5", "-o",
+                   tmp_path / "bad"])
+    assert result.exit_code == 2 and "--momentum" in result.output
+    assert not (tmp_path / "bad").exists()
+
+
 class _Killed(Exception):
     pass
 

@@ -113,6 +113,10 @@ def main() -> None:
               show_default=True, help="Share of prunable channels (ZIGs) to drive to zero.")
 @click.option("--variant", type=click.Choice(list(DEFAULT_LR)), default=DEFAULTS.variant,
               show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
+              default=DEFAULTS.momentum, show_default=True, help="Heavy-ball momentum (sgd).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay,
+              show_default=True, help="L2 penalty added to the gradient.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=DEFAULTS.warmup_epochs,
               show_default=True, help="Plain steps before any group is pushed to zero.")
 @click.option("--period-steps", type=click.IntRange(min=1), default=DEFAULTS.period_steps,

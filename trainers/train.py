@@ -74,8 +74,8 @@ LR_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH = 1024
 # Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
-_RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "warmup_epochs",
-             "period_steps", "epsilon", "limit_train", "seed")
+_RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "momentum",
+             "weight_decay", "warmup_epochs", "period_steps", "epsilon", "limit_train", "seed")
 
 Log = Callable[[str], None]
 
@@ -86,7 +86,8 @@ class ValidationMismatch(OnnxotoError):
 
 @dataclass
 class TrainOptions:
-    """One DHSPG run. ``lr`` defaults per variant (sgd 0.1, adam 1e-3); ``lr_schedule`` cosine
+    """One DHSPG run. ``lr`` defaults per variant (sgd 0.1, adam 1e-3); ``momentum`` (sgd only)
+    and L2 ``weight_decay`` go to the optimizer's direction; ``lr_schedule`` cosine
     decays it to 0 over all steps (see ``scheduled_lr``); ``batch_size`` is per
     process; ``warmup_epochs`` of plain steps come before any group is pushed to zero;
     ``period_steps`` is how often the redundant set is re-chosen; ``epsilon`` in [0, 0.95] is the
@@ -100,6 +101,8 @@ class TrainOptions:
     lr: float | None = None
     lr_schedule: str = "constant"
     variant: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     warmup_epochs: int = 1
     period_steps: int = 100
     epsilon: float = 0.5
@@ -125,6 +128,8 @@ class TrainOptions:
             "epochs >= 1": self.epochs >= 1,
             "batch_size >= 1": self.batch_size >= 1,
             "lr > 0": self.lr > 0,
+            "0 <= momentum < 1": 0 <= self.momentum < 1,
+            "weight_decay >= 0": self.weight_decay >= 0,
             "0 <= target < 1": 0 <= self.target < 1,
             "0 <= epsilon <= 0.95": 0 <= self.epsilon <= 0.95,
             "warmup_epochs >= 0": self.warmup_epochs >= 0,
@@ -311,7 +316,8 @@ def _prepare(model_path: Path, options: TrainOptions, world: World, device: torc
     steps_per_epoch = len(train_loader)
     try:
         dhspg_options = DHSPGOptions(
-            lr=options.lr, variant=options.variant, target_group_sparsity=options.target,
+            lr=options.lr, variant=options.variant, momentum=options.momentum,
+            weight_decay=options.weight_decay, target_group_sparsity=options.target,
             epsilon=options.epsilon, warmup_steps=options.warmup_epochs * steps_per_epoch,
             period=options.period_steps, seed=options.seed)
     except ValueError as exc:
