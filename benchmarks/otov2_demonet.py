@@ -9,7 +9,8 @@ plain SGD/Adam step (see trainers/dhspg.py) and shrink removes nothing.
 
     python benchmarks/otov2_demonet.py [--limit-train 8000] [--limit-test 2000] [--epochs 5]
         [--targets 0.5 0.6 0.7] [--variant adam] [--lr 2e-3] [--lr-schedule cosine]
-        [--batch-size 32] [--warmup-epochs 1] [--epsilon 0.9] [--out DIR] [--reuse] [--no-write]
+        [--batch-size 32] [--warmup-epochs 1] [--epsilon 0.9] [--out DIR] [--reuse] [--resume]
+        [--finetune-epochs 0] [--finetune-targets 0.6] [--finetune-lr 1e-3] [--no-write]
 
 Defaults were tuned on 2,000 training images: Adam at 2e-3 with batch 32 learned DemoNet fastest
 of what was tried (SGD without momentum diverged), and epsilon 0.9 zeroes the redundant groups
@@ -43,27 +44,35 @@ PAPER = {"baseline_top1": 84.5, "pruned_top1": 84.3, "flops_pct": 24.0, "params_
 GOAL = {"macs_pct_max": 24.0, "params_pct_max": 23.3, "drop_points_max": 0.2}
 
 
-def _options(args: argparse.Namespace, target: float, out: Path):
+def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bool = False):
+    """Options of one run: from scratch, or (``finetune``) continuing from the baseline's
+    weights for --finetune-epochs at --finetune-lr, with no warm-up."""
     from trainers.train import TrainOptions
 
-    return TrainOptions(data="fashion-mnist", target=target, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr,
+    schedule = (dict(epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0)
+                if finetune else dict(epochs=args.epochs, lr=args.lr,
+                                      warmup_epochs=args.warmup_epochs))
+    return TrainOptions(data="fashion-mnist", target=target, batch_size=args.batch_size,
                         lr_schedule=args.lr_schedule, variant=args.variant,
-                        warmup_epochs=args.warmup_epochs, period_steps=args.period_steps,
-                        epsilon=args.epsilon, limit_train=args.limit_train,
-                        limit_test=args.limit_test, seed=args.seed, device="cpu", out=out,
-                        quiet=False)
+                        period_steps=args.period_steps, epsilon=args.epsilon,
+                        limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
+                        device="cpu", out=out, quiet=False, **schedule)
 
 
-def _train(model: Path, args: argparse.Namespace, target: float, out: Path) -> dict[str, Any]:
-    """One run of the trainer; with --reuse, a finished run with the same options is read back."""
-    from trainers.train import FILES, run_dhspg
+def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
+           finetune: bool = False) -> dict[str, Any]:
+    """One run of the trainer; with --reuse, a finished run with the same options is read back
+    (options added since it ran count as their defaults)."""
+    from trainers.train import FILES, TrainOptions, run_dhspg
 
-    options = _options(args, target, out)
+    options = _options(args, target, out, finetune=finetune)
+    options.resume = args.resume and (out / FILES["checkpoint"]).is_file()
     done = out / FILES["metrics"]
     if args.reuse and done.is_file():
         metrics = json.loads(done.read_text())
-        if metrics["options"] | {"out": str(out)} == options.to_dict():
+        stored = (TrainOptions().to_dict() | metrics["options"]
+                  | {"out": str(out), "resume": options.resume})
+        if stored == options.to_dict():
             print(f"[{out.name}] reusing {done}")
             return metrics
     label = out.name
@@ -76,6 +85,7 @@ def _se(p: float, n: int) -> float:
 
 
 def _row(name: str, metrics: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    """A table row; drop, MACs and params are relative to ``base`` (the equal-budget dense run)."""
     base = base or metrics
     top1 = 100 * metrics["accuracy"]["slim"]
     n = metrics["data"]["test"]["samples"]
@@ -107,12 +117,12 @@ def _meets(row: dict[str, Any]) -> dict[str, bool]:
     return {**checks, "all": all(checks.values())}
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], paper: bool = True) -> str:
     headers = ["run", "group sparsity", "top-1 (%) ± SE", "drop vs baseline (points) ± SE",
                "MACs % of baseline", "params % of baseline", "train s", "wall s", "meets goal"]
     table = []
     for r in rows:
-        baseline = r["run"] == "baseline"
+        baseline = "meets_goal" not in r
         goal = r.get("meets_goal", {})
         verdict = "-" if baseline else ("**yes**" if goal["all"] else "no (" + ", ".join(
             k for k in ("macs", "params", "accuracy") if not goal[k]) + ")")
@@ -122,6 +132,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
                       f"{r['macs_pct']:.1f}",
                       f"{r['params_pct']:.1f}", f"{r['train_seconds']:.0f}",
                       f"{r['wall_seconds']:.0f}", verdict])
+    if not paper:
+        return markdown_table(headers, table)
     table.append(["paper (OTOv2): baseline", "-", f"{PAPER['baseline_top1']:.1f}", "-", "100.0",
                   "100.0", "-", "-", "-"])
     table.append(["paper (OTOv2): DHSPG", "-", f"{PAPER['pruned_top1']:.1f}",
@@ -131,7 +143,24 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(headers, table)
 
 
-def _plot(rows: list[dict[str, Any]], budget: str, path: Path) -> None:
+def _finetune_section(rows: list[dict[str, Any]], first: dict[str, Any],
+                      args: argparse.Namespace) -> str:
+    """Second table: runs that start from the trained baseline (what a user with a trained
+    model does). Drops are against the dense control trained for the same extra epochs; the
+    drop against the baseline itself is given too, since both continued runs train longer."""
+    if not rows:
+        return ""
+    against_first = "; ".join(f"{r['run']}: {r['drop_vs_first_baseline']:+.2f}"
+                              for r in rows[1:])
+    return (f"\n\nStarting from the trained baseline ({first['top1']:.2f} %): "
+            f"{args.finetune_epochs} more epochs, {args.variant} lr {args.finetune_lr:g} "
+            f"({args.lr_schedule}), no warm-up. The dense control continues the baseline on "
+            f"the same schedule, so drops below are at equal budget; drop against the baseline "
+            f"itself: {against_first} points.\n\n" + _table(rows, paper=False))
+
+
+def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
+          tuned: list[dict[str, Any]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,6 +177,10 @@ def _plot(rows: list[dict[str, Any]], budget: str, path: Path) -> None:
     for r in pruned:
         ax.annotate(f"target {r['target_group_sparsity']:g}", (r["macs_pct"], r["top1"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if tuned:
+        ax.errorbar([r["macs_pct"] for r in tuned], [r["top1"] for r in tuned],
+                    yerr=[r["top1_se"] for r in tuned], fmt="D--", color="tab:green",
+                    capsize=3, label="from the trained baseline: continued, DHSPG", zorder=3)
     ax.plot([100.0, PAPER["flops_pct"]], [PAPER["baseline_top1"], PAPER["pruned_top1"]], "^--",
             color="tab:red", label="OTOv2 paper (baseline, DHSPG)", zorder=2)
     ax.axvline(GOAL["macs_pct_max"], color="gray", linestyle=":", linewidth=1)
@@ -187,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the run folders (default: a temporary one)")
     parser.add_argument("--reuse", action="store_true",
                         help="read back runs in --out whose metrics.json has the same options")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue killed runs in --out from their last epoch checkpoint")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="also start from the trained baseline: DHSPG at --finetune-targets "
+                             "and a dense control (target 0), each for this many epochs")
+    parser.add_argument("--finetune-targets", type=float, nargs="+", default=[0.6])
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave benchmarks/results untouched (for tuning)")
     args = parser.parse_args(argv)
@@ -201,21 +241,32 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.out or tmp)
         root.mkdir(parents=True, exist_ok=True)
         model = root / "demonet.onnx"
-        if not (args.reuse and model.is_file()):
+        if not ((args.reuse or args.resume) and model.is_file()):
             export_onnx(build("demonet", seed=args.seed), (1, 1, 28, 28), model)
         runs = {"baseline": _train(model, args, 0.0, root / "baseline")}
         for target in args.targets:
             runs[f"dhspg {target:g}"] = _train(model, args, target, root / f"target_{target:g}")
+        tuned = {}
+        if args.finetune_epochs:
+            trained = root / "baseline" / "trained.onnx"
+            tuned["baseline, continued"] = _train(trained, args, 0.0, root / "ft_control", True)
+            for target in args.finetune_targets:
+                tuned[f"baseline, then dhspg {target:g}"] = _train(
+                    trained, args, target, root / f"ft_target_{target:g}", True)
     base = runs["baseline"]
     rows = [_row(name, m, base) for name, m in runs.items()]
     for row in rows[1:]:
         row["meets_goal"] = _meets(row)
+    tuned_rows = [_row(name, m, tuned["baseline, continued"]) for name, m in tuned.items()]
+    for row in tuned_rows[1:]:
+        row["meets_goal"] = _meets(row)
+        row["drop_vs_first_baseline"] = rows[0]["top1"] - row["top1"]
     data = base["data"]
     budget = (f"train {data['train']['samples']:,} of {data['train']['available']:,} images, "
               f"test {data['test']['samples']:,} of {data['test']['available']:,}, "
               f"{args.epochs} epochs per run ({args.warmup_epochs} warm-up), batch "
               f"{args.batch_size}, {args.variant} lr {args.lr:g} ({args.lr_schedule})")
-    winners = [r["run"] for r in rows[1:] if r["meets_goal"]["all"]]
+    winners = [r["run"] for r in rows[1:] + tuned_rows[1:] if r["meets_goal"]["all"]]
     verdict = (f"Goal met (point estimates) by: {', '.join(winners)}" if winners else
                "Goal NOT met by any target on this budget")
     noise = max(r["drop_se"] for r in rows[1:])
@@ -230,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(equal to the trained model's, checked). Goal: <= {GOAL['macs_pct_max']}% MACs, "
         f"<= {GOAL['params_pct_max']}% params, drop <= {GOAL['drop_points_max']} points. "
         f"The paper trains on the full data; its row is for reference only.\n\n"
-        + _table(rows) + f"\n\n{verdict}. Wall time of the runs: "
-        f"{sum(r['wall_seconds'] for r in rows):.0f} s in all.")
+        + _table(rows) + _finetune_section(tuned_rows, rows[0], args)
+        + f"\n\n{verdict}. Wall time of the runs: "
+        f"{sum(r['wall_seconds'] for r in rows + tuned_rows):.0f} s in all.")
     print(markdown)
     if args.no_write:
         return 0
@@ -243,12 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met_by": winners,
         "verdict": verdict,
         "rows": rows,
+        "finetune_rows": tuned_rows,
         "runs": runs,
-        "runs_wall_seconds": sum(r["wall_seconds"] for r in rows),
+        "finetune_runs": tuned,
+        "runs_wall_seconds": sum(r["wall_seconds"] for r in rows + tuned_rows),
         "this_invocation_seconds": time.perf_counter() - started,  # small when --reuse
     }
     out = write_results(STEM, payload, markdown)
-    _plot(rows, budget, RESULTS / f"{STEM}.png")
+    _plot(rows, budget, RESULTS / f"{STEM}.png", tuned_rows)
     print(f"\nwrote {out}, {RESULTS / (STEM + '.md')}, {RESULTS / (STEM + '.png')}")
     return 0
 

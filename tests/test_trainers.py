@@ -160,6 +160,20 @@ def test_momentum_and_weight_decay_reach_the_optimizer(mlpnet, synthetic, tmp_pa
     assert not (tmp_path / "bad").exists()
 
 
+def test_compile_flag_trains_to_the_same_sparsity(mlpnet, synthetic, tmp_path):
+    """--compile only changes how DHSPG's sums are computed (rounding), not the algorithm."""
+    args = ["--data", synthetic, "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",
+            "--period-steps", "4", "--target", "0.5", "--epsilon", "0.9", "--quiet", "--json"]
+    plain = _cli(["dhspg", mlpnet, *args, "-o", tmp_path / "plain"])
+    fused = _cli(["dhspg", mlpnet, *args, "--compile", "-o", tmp_path / "fused"])
+    assert plain.exit_code == 0 and fused.exit_code == 0, fused.output
+    a, b = (json.loads((tmp_path / run / FILES["metrics"]).read_text())
+            for run in ("plain", "fused"))
+    assert b["options"]["compile_stats"] and not a["options"]["compile_stats"]
+    assert b["group_sparsity"] == pytest.approx(a["group_sparsity"], abs=0.05)
+    assert b["group_sparsity"] > 0.3
+
+
 class _Killed(Exception):
     pass
 

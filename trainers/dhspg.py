@@ -31,7 +31,9 @@ _VARIANT_DEFAULTS = {  # lam, lam_amplify, lam_hat (OTOv2's published settings)
 class DHSPGOptions:
     """DHSPG settings. lam, lam_amplify and lam_hat default per variant (sgd 1e-3, 2, 10;
     adam 1e-2, 20, 1e3). ``epsilon`` is the half-space threshold in [0, 0.95]; ``period`` is the
-    number of steps between re-selections of the redundant set.
+    number of steps between re-selections of the redundant set. ``compile_stats`` computes the
+    per-step sums <x,x>, <x,d>, <d,d> with one torch.compile'd pass (see
+    ``benchmarks/optimizer_overhead.py``: it is most of DHSPG's cost over SGD; ~20 s to compile).
 
     Tuning: a redundant ZIG the loss resists shrinks by about lr * (lam_g - L) per step, so give
     ``period`` enough steps for it to reach 0 (re-selecting every 50 steps instead of 100 left an
@@ -52,6 +54,7 @@ class DHSPGOptions:
     warmup_steps: int = 0
     period: int = 100
     seed: int = 0
+    compile_stats: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in _VARIANT_DEFAULTS:
@@ -222,9 +225,7 @@ class DHSPG(torch.optim.Optimizer):
 
     def _sparse_step(self, directions: dict[str, torch.Tensor], lr: float) -> None:
         zig, opt = self.zig, self.options
-        xs = zig.params()
-        xx, dd = zig.group_sq_norms(xs), zig.group_sq_norms(directions)
-        xd = zig.dot(xs, directions)
+        xx, xd, dd = zig.pair_stats(zig.params(), directions, compiled=opt.compile_stats)
         if (self._t - opt.warmup_steps) % opt.period == 0:
             self._redundant = self._select(xx, xd, dd)
         lam = redundant_lambdas(xx, xd, dd, lam=opt.lam, amplify=opt.lam_amplify,

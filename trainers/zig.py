@@ -15,16 +15,58 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import torch
 
 from onnxoto.groups import Group
 
-__all__ = ["ParamEntries", "ZigIndex", "build_zig_index"]
+__all__ = ["ParamEntries", "ZigIndex", "build_zig_index", "compiled_row_stats", "row_stats"]
 
 Tensors = Mapping[str, torch.Tensor]
+
+
+def _rows(view: torch.Tensor) -> tuple[torch.Tensor, int | tuple[int, int]]:
+    """A (before, S, after) view and the dims that sum it per row. When ``before`` is 1 the
+    rows are contiguous and reducing dim 1 of the 2-D view is ~2x faster on CPU."""
+    return (view[0], 1) if view.shape[0] == 1 else (view, (0, 2))
+
+
+def _sq_norm(view: torch.Tensor) -> torch.Tensor:
+    """Per-row squared norms via ``vector_norm``: no temporary, 4-8x faster than x * x summed."""
+    rows, dims = _rows(view)
+    return torch.linalg.vector_norm(rows, dim=dims).square()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    (a, dims), (b, _) = _rows(a), _rows(b)
+    return (a * b).sum(dims)  # faster than einsum or bmm on CPU
+
+
+def row_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row <a,a>, <a,b>, <b,b> (Tensor[3, S]) of two (before, S, after) views, eager."""
+    return torch.stack([_sq_norm(a), _dot(a, b), _sq_norm(b)])
+
+
+def _all_row_stats(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """``row_stats`` of every (a, b) pair of views, concatenated (Tensor[3, R])."""
+    return torch.cat([row_stats(x, y) for x, y in zip(a, b, strict=True)], dim=1)
+
+
+def _fused_all_row_stats(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """The same sums written for torch.compile, which fuses each pair's three into one pass."""
+    return torch.cat([torch.stack([(x * x).sum((0, 2)), (x * y).sum((0, 2)), (y * y).sum((0, 2))])
+                      for x, y in zip(a, b, strict=True)], dim=1)
+
+
+@cache
+def compiled_row_stats() -> Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]:
+    """``_all_row_stats`` as one torch.compile'd graph: one pass over both tensors and no
+    temporary for <a,b> (eager allocates a product as large as the parameter), and one call
+    for all parameters (per-call overhead of compiled code is ~0.1 ms). Compiles on first call
+    (~25 s for ResNet-50 on CPU; needs a C++ compiler) and again for new parameter shapes."""
+    return torch.compile(_fused_all_row_stats, dynamic=False)
 
 
 @dataclass(frozen=True)
@@ -61,15 +103,15 @@ class ParamEntries:
 
     def row_dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-row inner products of two tensors shaped like ``param`` (Tensor[S])."""
-        return (self.view3(a) * self.view3(b)).sum(dim=(0, 2))  # faster than einsum on CPU
+        return _dot(self.view3(a), self.view3(b))
 
     def row_sq_norm(self, a: torch.Tensor) -> torch.Tensor:
-        """Per-row squared l2 norms (Tensor[S]): a fused reduction with no temporary tensor, so
-        several times faster than ``row_dot(a, a)`` on CPU (the bulk of a DHSPG step's cost)."""
-        return torch.linalg.vector_norm(self.view3(a), dim=(0, 2)).square()
+        """Per-row squared l2 norms (Tensor[S])."""
+        return _sq_norm(self.view3(a))
 
     def row_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return self.view3(values).sum(dim=(0, 2))
+        rows, dims = _rows(self.view3(values))
+        return rows.sum(dims)
 
     def per_row(self, per_zig: torch.Tensor, fill: float | bool) -> torch.Tensor:
         """``per_zig`` (Tensor[K]) shaped to broadcast against ``param`` along ``axis``;
@@ -153,20 +195,35 @@ class ZigIndex:
 
     def _scatter(self, row_values: Callable[[ParamEntries], torch.Tensor],
                  dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Sum per-row values into per-ZIG totals with one ``index_add_`` over all parameters;
-        rows owned by no ZIG land in a dropped slot."""
-        rows, _, _ = self._all_rows
-        if rows is None:
+        """Sum per-row values (Tensor[S] or Tensor[C, S] per parameter) into per-ZIG totals
+        (Tensor[K] or Tensor[C, K]) with one ``index_add_`` over all parameters; rows owned by
+        no ZIG land in a dropped slot."""
+        if not self.entries:
             return torch.zeros(0, dtype=dtype or torch.float32, device=self.device)
-        values = torch.cat([row_values(e) for e in self.entries])
-        out = torch.zeros(self.num_groups + 1, dtype=dtype or values.dtype, device=self.device)
-        out.index_add_(0, rows, values.to(out.dtype))
-        return out[:-1]
+        return self._sum_rows(torch.cat([row_values(e) for e in self.entries], dim=-1), dtype)
+
+    def _sum_rows(self, values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        rows, _, _ = self._all_rows
+        out = values.new_zeros((*values.shape[:-1], self.num_groups + 1), dtype=dtype)
+        out.index_add_(-1, rows, values.to(out.dtype))
+        return out[..., :-1]
 
     @torch.no_grad()
     def dot(self, a: Tensors, b: Tensors) -> torch.Tensor:
         """Per-ZIG inner products <a_g, b_g> (Tensor[K])."""
         return self._scatter(lambda e: e.row_dot(a[e.name], b[e.name]))
+
+    @torch.no_grad()
+    def pair_stats(self, a: Tensors, b: Tensors, *,
+                   compiled: bool = False) -> tuple[torch.Tensor, ...]:
+        """Per-ZIG <a,a>, <a,b>, <b,b> (DHSPG's per-step sums) in one sweep and one scatter;
+        ``compiled`` uses ``compiled_row_stats``."""
+        if not self.entries:
+            return tuple(torch.zeros(3, 0, device=self.device))
+        kernel = compiled_row_stats() if compiled else _all_row_stats
+        values = kernel([e.view3(a[e.name]) for e in self.entries],
+                        [e.view3(b[e.name]) for e in self.entries])
+        return tuple(self._sum_rows(values))
 
     @torch.no_grad()
     def group_sq_norms(self, tensors: Tensors | None = None) -> torch.Tensor:
