@@ -20,8 +20,9 @@ up to 20 points between epochs, so the rate decays to 0 (cosine) and the runs en
 accuracy is shown with its binomial standard error: on a test subset of a few thousand images it
 is larger than the 0.2-point goal, so a single run cannot settle a 0.2-point difference.
 
-Writes benchmarks/results/otov2_demonet.{json,md,png}; run folders (trained.onnx, slim.onnx,
-metrics.json per run) go to --out, or to a temporary folder that is removed at the end.
+Writes benchmarks/results/otov2_demonet.{json,md,png} (stem: --results-name); run folders
+(trained.onnx, slim.onnx, metrics.json per run) go to --out, or to a temporary folder that is
+removed at the end. --resume continues killed runs there from their last epoch.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bo
 
 def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
            finetune: bool = False) -> dict[str, Any]:
-    """One run of the trainer; with --reuse, a finished run with the same options is read back
-    (options added since it ran count as their defaults)."""
+    """One run of the trainer; with --reuse, a finished run that agrees on every option that
+    shapes its result (the resume fingerprint, epochs, test subset) is read back; options added
+    since it ran count as their defaults."""
     from trainers.train import FILES, TrainOptions, run_dhspg
 
     options = _options(args, target, out, finetune=finetune)
@@ -70,9 +72,8 @@ def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
     done = out / FILES["metrics"]
     if args.reuse and done.is_file():
         metrics = json.loads(done.read_text())
-        stored = (TrainOptions().to_dict() | metrics["options"]
-                  | {"out": str(out), "resume": options.resume})
-        if stored == options.to_dict():
+        stored, wanted = TrainOptions().to_dict() | metrics["options"], options.to_dict()
+        if all(stored[k] == wanted[k] for k in (*options.fingerprint(), "epochs", "limit_test")):
             print(f"[{out.name}] reusing {done}")
             return metrics
     label = out.name
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                              "and a dense control (target 0), each for this many epochs")
     parser.add_argument("--finetune-targets", type=float, nargs="+", default=[0.6])
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--results-name", default=STEM,
+                        help="file stem in benchmarks/results (to keep several budgets)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave benchmarks/results untouched (for tuning)")
     args = parser.parse_args(argv)
@@ -301,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs_wall_seconds": sum(r["wall_seconds"] for r in rows + tuned_rows),
         "this_invocation_seconds": time.perf_counter() - started,  # small when --reuse
     }
-    out = write_results(STEM, payload, markdown)
-    _plot(rows, budget, RESULTS / f"{STEM}.png", tuned_rows)
-    print(f"\nwrote {out}, {RESULTS / (STEM + '.md')}, {RESULTS / (STEM + '.png')}")
+    stem = args.results_name
+    out = write_results(stem, payload, markdown)
+    _plot(rows, budget, RESULTS / f"{stem}.png", tuned_rows)
+    print(f"\nwrote {out}, {RESULTS / (stem + '.md')}, {RESULTS / (stem + '.png')}")
     return 0
 
 
