@@ -33,6 +33,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +134,13 @@ def _table(rows: list[dict[str, Any]], paper: bool = True) -> str:
                       f"{r['macs_pct']:.1f}",
                       f"{r['params_pct']:.1f}", f"{r['train_seconds']:.0f}",
                       f"{r['wall_seconds']:.0f}", verdict])
-    if not paper:
-        return markdown_table(headers, table)
-    table.append(["paper (OTOv2): baseline", "-", f"{PAPER['baseline_top1']:.1f}", "-", "100.0",
-                  "100.0", "-", "-", "-"])
-    table.append(["paper (OTOv2): DHSPG", "-", f"{PAPER['pruned_top1']:.1f}",
-                  f"{PAPER['baseline_top1'] - PAPER['pruned_top1']:+.1f}",
-                  f"{PAPER['flops_pct']:.1f} (FLOPs)", f"{PAPER['params_pct']:.1f}", "-", "-",
-                  "(reference)"])
+    if paper:
+        table.append(["paper (OTOv2): baseline", "-", f"{PAPER['baseline_top1']:.1f}", "-",
+                      "100.0", "100.0", "-", "-", "-"])
+        table.append(["paper (OTOv2): DHSPG", "-", f"{PAPER['pruned_top1']:.1f}",
+                      f"{PAPER['baseline_top1'] - PAPER['pruned_top1']:+.1f}",
+                      f"{PAPER['flops_pct']:.1f} (FLOPs)", f"{PAPER['params_pct']:.1f}", "-",
+                      "-", "(reference)"])
     return markdown_table(headers, table)
 
 
@@ -161,7 +161,7 @@ def _finetune_section(rows: list[dict[str, Any]], first: dict[str, Any],
 
 
 def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
-          tuned: list[dict[str, Any]] = ()) -> None:
+          tuned: Sequence[dict[str, Any]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

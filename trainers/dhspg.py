@@ -33,7 +33,7 @@ class DHSPGOptions:
     adam 1e-2, 20, 1e3). ``epsilon`` is the half-space threshold in [0, 0.95]; ``period`` is the
     number of steps between re-selections of the redundant set. ``compile_stats`` computes the
     per-step sums <x,x>, <x,d>, <d,d> with one torch.compile'd pass (see
-    ``benchmarks/optimizer_overhead.py``: it is most of DHSPG's cost over SGD; ~20 s to compile).
+    ``benchmarks/optimizer_overhead.py``: they are most of DHSPG's cost over SGD; ~25 s to compile).
 
     Tuning: a redundant ZIG the loss resists shrinks by about lr * (lam_g - L) per step, so give
     ``period`` enough steps for it to reach 0 (re-selecting every 50 steps instead of 100 left an
