@@ -44,6 +44,8 @@ from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E4
 STEM = "otov2_demonet"
 PAPER = {"baseline_top1": 84.5, "pruned_top1": 84.3, "flops_pct": 24.0, "params_pct": 23.3}
 GOAL = {"macs_pct_max": 24.0, "params_pct_max": 23.3, "drop_points_max": 0.2}
+# DHSPG settings that act only on a redundant set; a target-0 run has none (see _train).
+SPARSITY_ONLY = ("warmup_epochs", "period_steps", "epsilon", "lam", "lam_amplify", "lam_hat")
 
 
 def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bool = False):
@@ -56,16 +58,20 @@ def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bo
                                       warmup_epochs=args.warmup_epochs))
     return TrainOptions(data="fashion-mnist", target=target, batch_size=args.batch_size,
                         lr_schedule=args.lr_schedule, variant=args.variant,
-                        period_steps=args.period_steps, epsilon=args.epsilon,
+                        period_steps=args.period_steps, epsilon=args.epsilon, lam=args.lam,
+                        lam_amplify=args.lam_amplify, lam_hat=args.lam_hat,
                         limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
                         device="cpu", out=out, quiet=False, **schedule)
 
 
 def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
            finetune: bool = False) -> dict[str, Any]:
-    """One run of the trainer; with --reuse, a finished run that agrees on every option that
-    shapes its result (the resume fingerprint, epochs, test subset) is read back; options added
-    since it ran count as their defaults."""
+    """One run of the trainer; with --reuse, a finished run of the same model file (sha256) that
+    agrees on every option that shapes its result (the resume fingerprint, epochs, test subset)
+    is read back; options added since it ran count as their defaults. At target 0 DHSPG never
+    pushes a group, so its own settings (``SPARSITY_ONLY``) cannot change the run and are not
+    compared."""
+    from onnxoto.graph import file_sha256
     from trainers.train import FILES, TrainOptions, run_dhspg
 
     options = _options(args, target, out, finetune=finetune)
@@ -74,11 +80,39 @@ def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
     if args.reuse and done.is_file():
         metrics = json.loads(done.read_text())
         stored, wanted = TrainOptions().to_dict() | metrics["options"], options.to_dict()
-        if all(stored[k] == wanted[k] for k in (*options.fingerprint(), "epochs", "limit_test")):
+        keys = {*options.fingerprint(), "epochs", "limit_test"}
+        if target == 0:
+            keys -= set(SPARSITY_ONLY)
+        same_model = metrics["model"]["sha256"] == file_sha256(model)
+        if same_model and all(stored[k] == wanted[k] for k in keys):
             print(f"[{out.name}] reusing {done}")
             return metrics
     label = out.name
     return run_dhspg(model, options, log=lambda line: print(f"[{label}] {line}", flush=True))
+
+
+def _slim_widths(slim: Path) -> tuple[int, int, int, int]:
+    """DemoNet widths (conv1, conv2/conv3, conv5, gemm1) that a slim.onnx kept."""
+    import onnx
+
+    dims = {t.name: t.dims[0] for t in onnx.load(str(slim)).graph.initializer}
+    return tuple(dims[f"{name}.weight"] for name in ("conv1", "conv2", "conv5", "gemm1"))
+
+
+def _from_scratch(slim: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Capacity control: the architecture DHSPG kept, freshly initialized and trained densely
+    on the same budget. Near the baseline: the pruning trajectory costs the accuracy; near the
+    DHSPG run: the smaller architecture itself does."""
+    import torch
+
+    from models.export import export_onnx
+    from models.zoo import DemoNet
+
+    model, widths = out.parent / f"{out.name}.onnx", _slim_widths(slim)
+    if not ((args.reuse or args.resume) and model.is_file() and _slim_widths(model) == widths):
+        torch.manual_seed(args.seed)
+        export_onnx(DemoNet(widths), (1, 1, 28, 28), model)
+    return _train(model, args, 0.0, out)
 
 
 def _se(p: float, n: int) -> float:
@@ -144,6 +178,21 @@ def _table(rows: list[dict[str, Any]], paper: bool = True) -> str:
     return markdown_table(headers, table)
 
 
+def _control_section(rows: list[dict[str, Any]]) -> str:
+    """Capacity controls (--scratch-controls): see ``_from_scratch``."""
+    if not rows:
+        return ""
+    headers = ["run", "top-1 (%) ± SE", "drop vs baseline (points) ± SE", "MACs % of baseline",
+               "params % of baseline", "train s"]
+    table = [[r["run"], f"{r['top1']:.2f} ± {r['top1_se']:.2f}",
+              f"{r['drop_points']:+.2f} ± {r['drop_se']:.2f}", f"{r['macs_pct']:.1f}",
+              f"{r['params_pct']:.1f}", f"{r['train_seconds']:.0f}"] for r in rows]
+    return ("\n\nCapacity control: the widths each DHSPG run kept, freshly initialized and "
+            "trained densely on the same budget. Close to the baseline means the pruning "
+            "trajectory costs the accuracy; close to the DHSPG run means the smaller "
+            "architecture does.\n\n" + markdown_table(headers, table))
+
+
 def _finetune_section(rows: list[dict[str, Any]], first: dict[str, Any],
                       args: argparse.Namespace) -> str:
     """Second table: runs that start from the trained baseline (what a user with a trained
@@ -161,7 +210,7 @@ def _finetune_section(rows: list[dict[str, Any]], first: dict[str, Any],
 
 
 def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
-          tuned: Sequence[dict[str, Any]] = ()) -> None:
+          tuned: Sequence[dict[str, Any]] = (), controls: Sequence[dict[str, Any]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,6 +231,10 @@ def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
         ax.errorbar([r["macs_pct"] for r in tuned], [r["top1"] for r in tuned],
                     yerr=[r["top1_se"] for r in tuned], fmt="D--", color="tab:green",
                     capsize=3, label="from the trained baseline: continued, DHSPG", zorder=3)
+    if controls:
+        ax.errorbar([r["macs_pct"] for r in controls], [r["top1"] for r in controls],
+                    yerr=[r["top1_se"] for r in controls], fmt="x", color="tab:purple",
+                    capsize=3, label="DHSPG's architectures trained from scratch", zorder=3)
     ax.plot([100.0, PAPER["flops_pct"]], [PAPER["baseline_top1"], PAPER["pruned_top1"]], "^--",
             color="tab:red", label="OTOv2 paper (baseline, DHSPG)", zorder=2)
     ax.axvline(GOAL["macs_pct_max"], color="gray", linestyle=":", linewidth=1)
@@ -216,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="plain epochs before DHSPG pushes groups to zero")
     parser.add_argument("--period-steps", type=int, default=100)
     parser.add_argument("--epsilon", type=float, default=0.9)
+    parser.add_argument("--lam", type=float, default=None,
+                        help="DHSPG's smallest push (default: the variant's)")
+    parser.add_argument("--lam-amplify", type=float, default=None,
+                        help="push = amplify x the least push that shrinks a group "
+                             "(default: the variant's)")
+    parser.add_argument("--lam-hat", type=float, default=None,
+                        help="the push is at most lam * lam-hat (default: the variant's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the run folders (default: a temporary one)")
@@ -223,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="read back runs in --out whose metrics.json has the same options")
     parser.add_argument("--resume", action="store_true",
                         help="continue killed runs in --out from their last epoch checkpoint")
+    parser.add_argument("--scratch-controls", action="store_true",
+                        help="also train each DHSPG run's slim architecture from scratch")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="also start from the trained baseline: DHSPG at --finetune-targets "
                              "and a dense control (target 0), each for this many epochs")
@@ -249,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"baseline": _train(model, args, 0.0, root / "baseline")}
         for target in args.targets:
             runs[f"dhspg {target:g}"] = _train(model, args, target, root / f"target_{target:g}")
+        controls = {}
+        if args.scratch_controls:
+            for target in args.targets:
+                controls[f"dhspg {target:g} architecture, from scratch"] = _from_scratch(
+                    root / f"target_{target:g}" / "slim.onnx", args, root / f"scratch_{target:g}")
         tuned = {}
         if args.finetune_epochs:
             trained = root / "baseline" / "trained.onnx"
@@ -260,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_row(name, m, base) for name, m in runs.items()]
     for row in rows[1:]:
         row["meets_goal"] = _meets(row)
+    control_rows = [_row(name, m, base) for name, m in controls.items()]
     tuned_rows = [_row(name, m, tuned["baseline, continued"]) for name, m in tuned.items()]
     for row in tuned_rows[1:]:
         row["meets_goal"] = _meets(row)
@@ -284,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(equal to the trained model's, checked). Goal: <= {GOAL['macs_pct_max']}% MACs, "
         f"<= {GOAL['params_pct_max']}% params, drop <= {GOAL['drop_points_max']} points. "
         f"The paper trains on the full data; its row is for reference only.\n\n"
-        + _table(rows) + _finetune_section(tuned_rows, rows[0], args)
+        + _table(rows) + _control_section(control_rows)
+        + _finetune_section(tuned_rows, rows[0], args)
         + f"\n\n{verdict}. Wall time of the runs: "
-        f"{sum(r['wall_seconds'] for r in rows + tuned_rows):.0f} s in all.")
+        f"{sum(r['wall_seconds'] for r in rows + control_rows + tuned_rows):.0f} s in all.")
     print(markdown)
     if args.no_write:
         return 0
@@ -298,15 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met_by": winners,
         "verdict": verdict,
         "rows": rows,
+        "scratch_control_rows": control_rows,
         "finetune_rows": tuned_rows,
         "runs": runs,
+        "scratch_control_runs": controls,
         "finetune_runs": tuned,
-        "runs_wall_seconds": sum(r["wall_seconds"] for r in rows + tuned_rows),
+        "runs_wall_seconds": sum(r["wall_seconds"] for r in rows + control_rows + tuned_rows),
         "this_invocation_seconds": time.perf_counter() - started,  # small when --reuse
     }
     stem = args.results_name
     out = write_results(stem, payload, markdown)
-    _plot(rows, budget, RESULTS / f"{stem}.png", tuned_rows)
+    _plot(rows, budget, RESULTS / f"{stem}.png", tuned_rows, control_rows)
     print(f"\nwrote {out}, {RESULTS / (stem + '.md')}, {RESULTS / (stem + '.png')}")
     return 0
 

@@ -73,20 +73,25 @@ def _conv_bn(
 
 
 class DemoNet(nn.Module):
-    """OTOv2's DemoNet: one conv feeding two BNs, a three-way sum, a concat, two stacked Gemms."""
+    """OTOv2's DemoNet: one conv feeding two BNs, a three-way sum, a concat, two stacked Gemms.
 
-    def __init__(self) -> None:
+    ``widths`` = output channels of conv1, conv2/conv3 (they are summed), conv5 and gemm1; the
+    paper's are the default. Other widths build a given slim architecture to train from scratch.
+    """
+
+    def __init__(self, widths: tuple[int, int, int, int] = (64, 128, 256, 128)) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.conv2 = nn.Conv2d(64, 128, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(128)
-        self.bn3 = nn.BatchNorm2d(128)
-        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
-        self.bn4 = nn.BatchNorm2d(192)
-        self.conv5 = nn.Conv2d(192, 256, 3, padding=1)
-        self.gemm1 = nn.Linear(256, 128)
-        self.gemm2 = nn.Linear(128, 10)
+        c1, c2, c5, g1 = widths
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.bn3 = nn.BatchNorm2d(c2)
+        self.conv3 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.bn4 = nn.BatchNorm2d(c1 + c2)
+        self.conv5 = nn.Conv2d(c1 + c2, c5, 3, padding=1)
+        self.gemm1 = nn.Linear(c5, g1)
+        self.gemm2 = nn.Linear(g1, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = F.relu(self.bn1(self.conv1(x)))

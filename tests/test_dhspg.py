@@ -344,6 +344,19 @@ def test_warmup_is_plain_sgd(exported):
     assert opt.diagnostics()["in_warmup"] is False and zig.zero_fraction() == 0.0
 
 
+def test_target_zero_ignores_the_sparsity_settings(exported):
+    """At target 0 no group is ever redundant: warm-up, period, epsilon and lam cannot change a
+    run (the DemoNet benchmark relies on this to reuse its baseline across those settings)."""
+    runs = []
+    for settings in (dict(), dict(warmup_steps=25, period=7, epsilon=0.9, lam=0.5, lam_hat=2.0)):
+        model, params, zig, x, y = _mlp_setup(exported)
+        opt = DHSPG(params, zig, DHSPGOptions(variant="adam", lr=1e-2,
+                                              target_group_sparsity=0.0, **settings))
+        _train(model, opt, x, y, 60)
+        runs.append({n: p.detach().clone() for n, p in params.items()})
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
 def test_options_validated():
     with pytest.raises(ValueError, match="variant"):
         DHSPGOptions(variant="rmsprop")

@@ -106,6 +106,28 @@ def test_demonet_layout(zoo_pair):
     assert shapes["gemm2.weight"] == (10, 128)
 
 
+def test_demonet_widths_rebuild_a_shrunk_demonet(zoo_cache, tmp_path):
+    """The DemoNet benchmark's capacity control rebuilds a slim.onnx's architecture from its
+    widths: every initializer shape must match, so the control trains exactly that network."""
+    from benchmarks.otov2_demonet import _slim_widths
+    from models.zoo import DemoNet
+    from onnxoto.partition import partition
+    from onnxoto.shrink import shrink
+
+    path = zoo_cache("demonet")
+    result = partition(path)
+    rng = np.random.default_rng(3)
+    masks = {g.id: rng.random(g.size) < 0.4 for g in result.prunable}
+    slim = tmp_path / "slim.onnx"
+    onnx.save(shrink(path, masks, result=result).model, str(slim))
+    widths = _slim_widths(slim)
+    assert widths != (64, 128, 256, 128)
+    shapes = {t.name: tuple(t.dims) for t in onnx.load(str(slim)).graph.initializer}
+    rebuilt = {k: tuple(v.shape) for k, v in DemoNet(widths).state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    assert rebuilt == shapes
+
+
 # --------------------------------------------------------------------------- legacy export
 
 

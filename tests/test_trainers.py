@@ -160,6 +160,25 @@ def test_momentum_and_weight_decay_reach_the_optimizer(mlpnet, synthetic, tmp_pa
     assert not (tmp_path / "bad").exists()
 
 
+def test_lam_options_reach_dhspg(mlpnet, synthetic, tmp_path):
+    """--lam/--lam-amplify/--lam-hat set DHSPG's push; a push barely above the least one that
+    shrinks a group (amplify near 1) zeroes fewer groups in one epoch."""
+    args = ["--data", synthetic, "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",
+            "--period-steps", "4", "--target", "0.5", "--epsilon", "0", "--quiet", "--json"]
+    default = _cli(["dhspg", mlpnet, *args, "-o", tmp_path / "default"])
+    gentle = _cli(["dhspg", mlpnet, *args, "--lam", "1e-5", "--lam-amplify", "1.05",
+                   "--lam-hat", "1e6", "-o", tmp_path / "gentle"])
+    assert default.exit_code == 0 and gentle.exit_code == 0, gentle.output
+    a, b = (json.loads((tmp_path / run / FILES["metrics"]).read_text())
+            for run in ("default", "gentle"))
+    assert (b["options"]["lam"], b["options"]["lam_amplify"], b["options"]["lam_hat"]) == (
+        1e-5, 1.05, 1e6)
+    assert a["options"]["lam"] is None
+    assert b["group_sparsity"] < a["group_sparsity"]
+    bad = _cli(["dhspg", mlpnet, *args, "--lam-hat", "0.5", "-o", tmp_path / "bad"])
+    assert bad.exit_code == 2 and "--lam-hat" in bad.output
+
+
 def test_compile_flag_trains_to_the_same_sparsity(mlpnet, synthetic, tmp_path):
     """--compile only changes how DHSPG's sums are computed (rounding), not the algorithm."""
     args = ["--data", synthetic, "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",

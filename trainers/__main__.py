@@ -123,6 +123,16 @@ def main() -> None:
               show_default=True, help="Steps between re-choosing the redundant groups.")
 @click.option("--epsilon", type=click.FloatRange(0, 0.95), default=DEFAULTS.epsilon,
               show_default=True, help="Half-space threshold: higher zeroes groups sooner.")
+@click.option("--lam", type=click.FloatRange(min=0), default=None,
+              help="Smallest push toward zero on a redundant group [default: sgd 1e-3, "
+                   "adam 1e-2].")
+@click.option("--lam-amplify", type=click.FloatRange(min=1), default=None,
+              help="Push = this x the least push that shrinks the group, clipped to "
+                   "[lam, lam x lam-hat]; near 1 zeroes groups slowly [default: sgd 2, adam 20].")
+@click.option("--lam-hat", type=click.FloatRange(min=1), default=None,
+              help="Ceiling of the push, in units of lam; a ceiling below the least push that "
+                   "shrinks the group is not used: the step then takes the midpoint of the "
+                   "range that shrinks and still descends [default: sgd 10, adam 1000].")
 @click.option("--compile", "compile_stats", is_flag=True,
               help="torch.compile DHSPG's per-step sums: faster steps on large models, after a "
                    "compile of ~25 s (needs a C++ compiler on CPU).")

@@ -75,7 +75,9 @@ DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH = 1024
 # Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
 _RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "momentum",
-             "weight_decay", "warmup_epochs", "period_steps", "epsilon", "limit_train", "seed")
+             "weight_decay", "warmup_epochs", "period_steps", "epsilon", "lam", "lam_amplify",
+             "lam_hat",
+             "limit_train", "seed")
 
 Log = Callable[[str], None]
 
@@ -91,7 +93,9 @@ class TrainOptions:
     decays it to 0 over all steps (see ``scheduled_lr``); ``batch_size`` is per
     process; ``warmup_epochs`` of plain steps come before any group is pushed to zero;
     ``period_steps`` is how often the redundant set is re-chosen; ``epsilon`` in [0, 0.95] is the
-    half-space threshold (higher projects to zero sooner); ``limit_*`` keep the first N samples;
+    half-space threshold (higher projects to zero sooner); ``lam``, ``lam_amplify`` and
+    ``lam_hat`` set the push toward zero (None: the variant's default; see
+    ``redundant_lambdas``); ``limit_*`` keep the first N samples;
     ``device`` auto picks CUDA when torch sees one; ``compile_stats`` runs DHSPG's per-step
     sums through torch.compile (faster steps after a ~25 s compile; see DHSPGOptions)."""
 
@@ -107,6 +111,9 @@ class TrainOptions:
     warmup_epochs: int = 1
     period_steps: int = 100
     epsilon: float = 0.5
+    lam: float | None = None
+    lam_amplify: float | None = None
+    lam_hat: float | None = None
     limit_train: int | None = None
     limit_test: int | None = None
     seed: int = 0
@@ -134,6 +141,9 @@ class TrainOptions:
             "weight_decay >= 0": self.weight_decay >= 0,
             "0 <= target < 1": 0 <= self.target < 1,
             "0 <= epsilon <= 0.95": 0 <= self.epsilon <= 0.95,
+            "lam >= 0": self.lam is None or self.lam >= 0,
+            "lam_amplify >= 1": self.lam_amplify is None or self.lam_amplify >= 1,
+            "lam_hat >= 1": self.lam_hat is None or self.lam_hat >= 1,
             "warmup_epochs >= 0": self.warmup_epochs >= 0,
             "period_steps >= 1": self.period_steps >= 1,
             "limit_train >= 1": self.limit_train is None or self.limit_train >= 1,
@@ -320,7 +330,9 @@ def _prepare(model_path: Path, options: TrainOptions, world: World, device: torc
         dhspg_options = DHSPGOptions(
             lr=options.lr, variant=options.variant, momentum=options.momentum,
             weight_decay=options.weight_decay, target_group_sparsity=options.target,
-            epsilon=options.epsilon, warmup_steps=options.warmup_epochs * steps_per_epoch,
+            epsilon=options.epsilon, lam=options.lam,
+            lam_amplify=options.lam_amplify, lam_hat=options.lam_hat,
+            warmup_steps=options.warmup_epochs * steps_per_epoch,
             period=options.period_steps, seed=options.seed, compile_stats=options.compile_stats)
     except ValueError as exc:
         raise OnnxotoError(str(exc)) from exc
