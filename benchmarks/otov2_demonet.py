@@ -10,6 +10,7 @@ plain SGD/Adam step (see trainers/dhspg.py) and shrink removes nothing.
     python benchmarks/otov2_demonet.py [--limit-train 8000] [--limit-test 2000] [--epochs 5]
         [--targets 0.5 0.6 0.7] [--variant adam] [--lr 2e-3] [--lr-schedule cosine]
         [--batch-size 32] [--warmup-epochs 1] [--epsilon 0.9] [--out DIR] [--reuse] [--resume]
+        [--lam L] [--lam-amplify A] [--lam-hat H] [--scratch-controls]
         [--finetune-epochs 0] [--finetune-targets 0.6] [--finetune-lr 1e-3] [--no-write]
 
 Defaults were tuned on 2,000 training images: Adam at 2e-3 with batch 32 learned DemoNet fastest
@@ -19,6 +20,10 @@ reached 35% after 125 steps). With a constant rate the test accuracy of the last
 up to 20 points between epochs, so the rate decays to 0 (cosine) and the runs end settled. Each
 accuracy is shown with its binomial standard error: on a test subset of a few thousand images it
 is larger than the 0.2-point goal, so a single run cannot settle a 0.2-point difference.
+
+--scratch-controls trains each target's slim architecture from a fresh initialization on the
+same budget, which splits a drop into what the smaller network costs and what DHSPG's path to it
+costs.
 
 Writes benchmarks/results/otov2_demonet.{json,md,png} (stem: --results-name); run folders
 (trained.onnx, slim.onnx, metrics.json per run) go to --out, or to a temporary folder that is
