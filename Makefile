@@ -36,7 +36,8 @@ bench: $(STAMP) data
 	$(PY) benchmarks/shrink_latency.py
 	$(PY) benchmarks/optimizer_overhead.py
 
-# About an hour on a 2-core CPU (4 DemoNet trainings); flags as for the committed results.
+# About 100 minutes on a 2-core CPU (7 DemoNet trainings: baseline, 3 targets, their
+# architectures from scratch); flags as for the committed results.
 bench-demonet: $(STAMP) data
 	$(PY) benchmarks/otov2_demonet.py --limit-train 12000 --limit-test 5000 --epochs 6 \
 		--targets 0.5 0.6 0.7 --scratch-controls

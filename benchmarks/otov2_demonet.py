@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="push = amplify x the least push that shrinks a group "
                              "(default: the variant's)")
     parser.add_argument("--lam-hat", type=float, default=None,
-                        help="the push is at most lam * lam-hat (default: the variant's)")
+                        help="ceiling of the push in units of lam, see python -m trainers "
+                             "dhspg --help (default: the variant's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the run folders (default: a temporary one)")

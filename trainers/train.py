@@ -76,8 +76,7 @@ EVAL_BATCH = 1024
 # Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
 _RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "momentum",
              "weight_decay", "warmup_epochs", "period_steps", "epsilon", "lam", "lam_amplify",
-             "lam_hat",
-             "limit_train", "seed")
+             "lam_hat", "limit_train", "seed")
 
 Log = Callable[[str], None]
 
