@@ -50,7 +50,11 @@ STEM = "otov2_demonet"
 PAPER = {"baseline_top1": 84.5, "pruned_top1": 84.3, "flops_pct": 24.0, "params_pct": 23.3}
 GOAL = {"macs_pct_max": 24.0, "params_pct_max": 23.3, "drop_points_max": 0.2}
 # DHSPG settings that act only on a redundant set; a target-0 run has none (see _train).
-SPARSITY_ONLY = ("warmup_epochs", "period_steps", "epsilon", "lam", "lam_amplify", "lam_hat")
+SPARSITY_ONLY = ("warmup_epochs", "period_steps", "reselect", "epsilon", "lam", "lam_amplify",
+                 "lam_hat")
+# Options added after runs were stored, with the value that reproduces those runs: before
+# ``reselect`` existed, DHSPG always re-chose its redundant set.
+BEFORE_OPTION = {"reselect": True}
 
 
 def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bool = False):
@@ -63,7 +67,8 @@ def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bo
                                       warmup_epochs=args.warmup_epochs))
     return TrainOptions(data="fashion-mnist", target=target, batch_size=args.batch_size,
                         lr_schedule=args.lr_schedule, variant=args.variant,
-                        period_steps=args.period_steps, epsilon=args.epsilon, lam=args.lam,
+                        period_steps=args.period_steps, reselect=args.reselect,
+                        epsilon=args.epsilon, lam=args.lam,
                         lam_amplify=args.lam_amplify, lam_hat=args.lam_hat,
                         limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
                         device="cpu", out=out, quiet=False, **schedule)
@@ -73,7 +78,8 @@ def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
            finetune: bool = False) -> dict[str, Any]:
     """One run of the trainer; with --reuse, a finished run of the same model file (sha256) that
     agrees on every option that shapes its result (the resume fingerprint, epochs, test subset)
-    is read back; options added since it ran count as their defaults. At target 0 DHSPG never
+    is read back; options added since it ran count as their defaults, or as ``BEFORE_OPTION``
+    when the default changed the behaviour. At target 0 DHSPG never
     pushes a group, so its own settings (``SPARSITY_ONLY``) cannot change the run and are not
     compared."""
     from onnxoto.graph import file_sha256
@@ -84,7 +90,8 @@ def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
     done = out / FILES["metrics"]
     if args.reuse and done.is_file():
         metrics = json.loads(done.read_text())
-        stored, wanted = TrainOptions().to_dict() | metrics["options"], options.to_dict()
+        stored = TrainOptions().to_dict() | BEFORE_OPTION | metrics["options"]
+        wanted = options.to_dict()
         keys = {*options.fingerprint(), "epochs", "limit_test"}
         if target == 0:
             keys -= set(SPARSITY_ONLY)
@@ -256,7 +263,7 @@ def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit-train", type=int, default=8000,
                         help="first N Fashion-MNIST training images (60000 = all)")
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-epochs", type=int, default=1,
                         help="plain epochs before DHSPG pushes groups to zero")
     parser.add_argument("--period-steps", type=int, default=100)
+    parser.add_argument("--reselect", action="store_true",
+                        help="let DHSPG release groups it is pushing (OTOv2's re-partition)")
     parser.add_argument("--epsilon", type=float, default=0.9)
     parser.add_argument("--lam", type=float, default=None,
                         help="DHSPG's smallest push (default: the variant's)")
@@ -300,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="file stem in benchmarks/results (to keep several budgets)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave benchmarks/results untouched (for tuning)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     import torch
 

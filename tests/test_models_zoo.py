@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,25 @@ def test_mlp_chain(n_layers: int):
     (y,) = sess.run(None, {"input": np.ones((1, 8), np.float32)})
     assert y.shape == (1, 8)
     assert np.all(y >= 0)
+
+
+def test_demonet_reuse_reads_runs_stored_before_an_option(tmp_path, monkeypatch):
+    """A stored DHSPG run from before ``reselect`` existed re-partitioned: the benchmark must
+    not pass it off as a run of the new default, but reuse it for --reselect."""
+    import benchmarks.otov2_demonet as bench
+    import trainers.train
+    from onnxoto.graph import file_sha256
+
+    model = tmp_path / "demonet.onnx"
+    model.write_bytes(b"stand-in model")
+    out = tmp_path / "target_0.6"
+    out.mkdir()
+    args = bench._parser().parse_args(["--reuse"])
+    stored = bench._options(args, 0.6, out).to_dict()
+    del stored["reselect"]
+    metrics = {"options": stored, "model": {"sha256": file_sha256(model)}}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr(trainers.train, "run_dhspg", lambda *a, **k: "trained again")
+    assert bench._train(model, args, 0.6, out) == "trained again"
+    args = bench._parser().parse_args(["--reuse", "--reselect"])
+    assert bench._train(model, args, 0.6, out) == metrics

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -177,6 +178,20 @@ def test_lam_options_reach_dhspg(mlpnet, synthetic, tmp_path):
     assert b["group_sparsity"] < a["group_sparsity"]
     bad = _cli(["dhspg", mlpnet, *args, "--lam-hat", "0.5", "-o", tmp_path / "bad"])
     assert bad.exit_code == 2 and "--lam-hat" in bad.output
+
+
+def test_reselect_flag_reaches_dhspg(mlpnet, synthetic, tmp_path):
+    """--reselect turns OTOv2's re-partition back on; the default keeps shrinking groups."""
+    args = ["--data", synthetic, "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",
+            "--period-steps", "4", "--target", "0.5", "--quiet", "--json"]
+    for name, extra in (("fixed", []), ("reselect", ["--reselect"])):
+        result = _cli(["dhspg", mlpnet, *args, *extra, "-o", tmp_path / name])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / name / FILES["metrics"]).read_text())
+        state = torch.load(tmp_path / name / FILES["checkpoint"], weights_only=False)
+        assert metrics["options"]["reselect"] is bool(extra)
+        assert state["optimizer"]["dhspg"]["options"]["reselect"] is bool(extra)
+        assert state["run"]["reselect"] is bool(extra)  # a resume must agree on it
 
 
 def test_compile_flag_trains_to_the_same_sparsity(mlpnet, synthetic, tmp_path):

@@ -120,7 +120,11 @@ def main() -> None:
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=DEFAULTS.warmup_epochs,
               show_default=True, help="Plain steps before any group is pushed to zero.")
 @click.option("--period-steps", type=click.IntRange(min=1), default=DEFAULTS.period_steps,
-              show_default=True, help="Steps between re-choosing the redundant groups.")
+              show_default=True, help="Steps between choosing redundant groups.")
+@click.option("--reselect", is_flag=True,
+              help="Let each choice release groups that are still shrinking (OTOv2's "
+                   "re-partition); by default only stalled ones compete again, since a released "
+                   "group keeps its half-shrunk weights.")
 @click.option("--epsilon", type=click.FloatRange(0, 0.95), default=DEFAULTS.epsilon,
               show_default=True, help="Half-space threshold: higher zeroes groups sooner.")
 @click.option("--lam", type=click.FloatRange(min=0), default=None,

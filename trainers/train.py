@@ -75,8 +75,8 @@ DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH = 1024
 # Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
 _RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "momentum",
-             "weight_decay", "warmup_epochs", "period_steps", "epsilon", "lam", "lam_amplify",
-             "lam_hat", "limit_train", "seed")
+             "weight_decay", "warmup_epochs", "period_steps", "reselect", "epsilon", "lam",
+             "lam_amplify", "lam_hat", "limit_train", "seed")
 
 Log = Callable[[str], None]
 
@@ -91,7 +91,8 @@ class TrainOptions:
     and L2 ``weight_decay`` go to the optimizer's direction; ``lr_schedule`` cosine
     decays it to 0 over all steps (see ``scheduled_lr``); ``batch_size`` is per
     process; ``warmup_epochs`` of plain steps come before any group is pushed to zero;
-    ``period_steps`` is how often the redundant set is re-chosen; ``epsilon`` in [0, 0.95] is the
+    ``period_steps`` is how often the redundant set is chosen (a chosen group stays while it
+    shrinks, unless ``reselect``; see DHSPGOptions); ``epsilon`` in [0, 0.95] is the
     half-space threshold (higher projects to zero sooner); ``lam``, ``lam_amplify`` and
     ``lam_hat`` set the push toward zero (None: the variant's default; see
     ``redundant_lambdas``); ``limit_*`` keep the first N samples;
@@ -109,6 +110,7 @@ class TrainOptions:
     weight_decay: float = 0.0
     warmup_epochs: int = 1
     period_steps: int = 100
+    reselect: bool = False
     epsilon: float = 0.5
     lam: float | None = None
     lam_amplify: float | None = None
@@ -332,7 +334,8 @@ def _prepare(model_path: Path, options: TrainOptions, world: World, device: torc
             epsilon=options.epsilon, lam=options.lam,
             lam_amplify=options.lam_amplify, lam_hat=options.lam_hat,
             warmup_steps=options.warmup_epochs * steps_per_epoch,
-            period=options.period_steps, seed=options.seed, compile_stats=options.compile_stats)
+            period=options.period_steps, reselect=options.reselect, seed=options.seed,
+            compile_stats=options.compile_stats)
     except ValueError as exc:
         raise OnnxotoError(str(exc)) from exc
     optimizer = DHSPG(params, zig, dhspg_options)
