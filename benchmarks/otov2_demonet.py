@@ -199,7 +199,8 @@ def _control_section(rows: list[dict[str, Any]]) -> str:
     table = [[r["run"], f"{r['top1']:.2f} ± {r['top1_se']:.2f}",
               f"{r['drop_points']:+.2f} ± {r['drop_se']:.2f}", f"{r['macs_pct']:.1f}",
               f"{r['params_pct']:.1f}", f"{r['train_seconds']:.0f}"] for r in rows]
-    return ("\n\nCapacity control: the widths each DHSPG run kept, freshly initialized and "
+    return ("\n\nCapacity control: the widths each DHSPG run kept (conv1, conv2/conv3, conv5, "
+            "gemm1), freshly initialized and "
             "trained densely on the same budget. Close to the baseline means the pruning "
             "trajectory costs the accuracy; close to the DHSPG run means the smaller "
             "architecture does.\n\n" + markdown_table(headers, table))
@@ -314,6 +315,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.targets = sorted(set(args.targets))  # table rows and the plot's line in target order
 
     import torch
 
@@ -333,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         controls = {}
         if args.scratch_controls:
             for target in args.targets:
-                controls[f"dhspg {target:g} architecture, from scratch"] = _from_scratch(
-                    root / f"target_{target:g}" / "slim.onnx", args, root / f"scratch_{target:g}")
+                slim = root / f"target_{target:g}" / "slim.onnx"
+                name = f"dhspg {target:g} architecture {_slim_widths(slim)}, from scratch"
+                controls[name] = _from_scratch(slim, args, root / f"scratch_{target:g}")
         tuned = {}
         if args.finetune_epochs:
             trained = root / "baseline" / "trained.onnx"
