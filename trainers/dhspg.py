@@ -43,10 +43,9 @@ class DHSPGOptions:
     was released half-shrunk. On DemoNet (Fashion-MNIST 12k x 6 epochs, target 0.6) every
     surviving conv2/conv3 channel then had a BN gamma near 0.08 (1.0 in the baseline), and top-1
     was 75.3 % with re-partitioning against 77.4 % with a fixed set (24k x 8 epochs: 79.5 % against
-    84.2 %). Only a ZIG that kept at
-    least ``STALLED`` (90 %) of its norm over a period (its push capped by the descent bound)
-    competes again, so a tiny gradient cannot hold a slot forever. ``reselect`` restores OTOv2's
-    behaviour.
+    84.2 %). Only a ZIG that kept at least ``STALLED`` (90 %) of its norm over a period (its push
+    capped by the descent bound) competes again, so a tiny gradient cannot hold a slot forever.
+    ``reselect`` restores OTOv2's behaviour.
 
     Tuning: a redundant ZIG the loss resists shrinks by about lr * (lam_g - L) per step; with
     ``reselect``, give ``period`` enough steps for it to reach 0 (re-selecting every 10 steps
