@@ -267,3 +267,35 @@ def test_demonet_reuse_reads_runs_stored_before_an_option(tmp_path, monkeypatch)
     assert bench._train(model, args, 0.6, out) == "trained again"
     args = bench._parser().parse_args(["--reuse", "--reselect"])
     assert bench._train(model, args, 0.6, out) == metrics
+
+
+def _stored_run(right: np.ndarray, test_samples: int | None = None) -> dict:
+    from trainers.train import pack_correct
+
+    n = test_samples or right.size
+    return {"accuracy": {"slim": float(right.mean()), "slim_correct": pack_correct(right)},
+            "data": {"source": "fashion-mnist",
+                     "test": {"samples": n, "available": 10000, "limited": True}}}
+
+
+def test_demonet_drop_error_is_paired_when_both_runs_stored_their_answers():
+    """Two models that get mostly the same images right: the paired error of the drop is the
+    spread of the per-image difference, far below the unpaired estimate."""
+    import benchmarks.otov2_demonet as bench
+
+    rng = np.random.default_rng(0)
+    base_right = rng.random(5000) < 0.85
+    run_right = base_right.copy()
+    run_right[rng.choice(5000, 60, replace=False)] ^= True
+    paired = bench._drop_se(_stored_run(run_right), _stored_run(base_right))
+    diff = base_right.astype(float) - run_right
+    assert paired["drop_se_kind"] == "paired"
+    assert paired["drop_se"] == pytest.approx(100 * diff.std(ddof=1) / 5000 ** 0.5)
+    assert sum(paired["discordant"].values()) == 60
+    old = _stored_run(base_right)
+    del old["accuracy"]["slim_correct"]
+    unpaired = bench._drop_se(_stored_run(run_right), old)
+    assert unpaired["drop_se_kind"] == "unpaired"
+    assert paired["drop_se"] < unpaired["drop_se"] / 3
+    other_subset = _stored_run(base_right[:4000])
+    assert bench._drop_se(_stored_run(run_right), other_subset)["drop_se_kind"] == "unpaired"

@@ -20,7 +20,15 @@ from onnxoto.groups import load_masks
 from onnxoto.masking import masks_from_zeros
 from onnxoto.partition import partition
 from trainers.__main__ import main
-from trainers.train import FILES, TrainOptions, onnx_predictions, run_dhspg, scheduled_lr
+from trainers.train import (
+    FILES,
+    TrainOptions,
+    onnx_predictions,
+    pack_correct,
+    run_dhspg,
+    scheduled_lr,
+    unpack_correct,
+)
 
 TINY = dict(epochs=2, batch_size=32, warmup_epochs=0, period_steps=4, target=0.5, epsilon=0.9,
             quiet=True)
@@ -118,6 +126,17 @@ def test_onnxoto_shrink_zeros_on_trained_model_keeps_accuracy(digits_run, tmp_pa
     accuracy = float((onnx_predictions(onnx.load(str(slim)), x) == y).mean())
     assert accuracy == metrics["accuracy"]["trained"]
     assert sum(t.size for t in _weights(slim).values()) == metrics["params"]["slim"]
+    right = unpack_correct(metrics["accuracy"]["slim_correct"], y.size)
+    np.testing.assert_array_equal(right, onnx_predictions(onnx.load(str(slim)), x) == y)
+
+
+@pytest.mark.parametrize("samples", [1, 7, 8, 9, 300])
+def test_correctness_record_round_trips(samples):
+    right = np.random.default_rng(samples).random(samples) < 0.7
+    text = pack_correct(right)
+    np.testing.assert_array_equal(unpack_correct(text, samples), right)
+    with pytest.raises(OnnxotoError, match="cannot hold"):
+        unpack_correct(text, samples + 8)
 
 
 def test_resume_gives_the_same_weights(mlpnet, synthetic, tmp_path):
