@@ -525,7 +525,8 @@ def onnx_predictions(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def pack_correct(correct: np.ndarray) -> str:
     """Which test samples a model got right, one bit each, as hex: with the same test subset,
     two runs' records give the paired error of their accuracy difference (a benchmark's
-    drop), several times smaller than treating the two accuracies as independent."""
+    drop), smaller than treating the two accuracies as independent when the models miss mostly
+    the same samples."""
     return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
 
 
