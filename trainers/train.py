@@ -559,6 +559,7 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
     save_model(result.model, out / FILES["slim"])
     full_pred = onnx_predictions(trained, run.test.x)
     slim_pred = onnx_predictions(result.model, run.test.x)
+    slim_right = slim_pred == run.test.y
     before, after = measure(run.model_path), measure(result.model)
     channels = sum(g.size for g in run.parts.prunable)
     removed = sum(int((~keep).sum()) for keep in masks.values())
@@ -574,9 +575,9 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
         "world_size": run.world.size,
         "device": str(run.device),
         "accuracy": {"trained": float((full_pred == run.test.y).mean()),
-                     "slim": float((slim_pred == run.test.y).mean()),
+                     "slim": float(slim_right.mean()),
                      "prediction_mismatches": int((full_pred != slim_pred).sum()),
-                     "slim_correct": pack_correct(slim_pred == run.test.y),
+                     "slim_correct": pack_correct(slim_right),
                      "runtime": "onnxruntime CPU"},
         "params": _ratio(before.params, after.params),
         "macs": _ratio(before.macs, after.macs),
