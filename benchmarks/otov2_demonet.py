@@ -11,6 +11,7 @@ plain SGD/Adam step (see trainers/dhspg.py) and shrink removes nothing.
         [--targets 0.5 0.6 0.7] [--variant adam] [--lr 2e-3] [--lr-schedule cosine]
         [--batch-size 32] [--warmup-epochs 1] [--epsilon 0.9] [--out DIR] [--reuse] [--resume]
         [--lam L] [--lam-amplify A] [--lam-hat H] [--scratch-controls]
+        [--architectures C1,C2,C5,G1 ...]
         [--finetune-epochs 0] [--finetune-targets 0.6] [--finetune-lr 1e-3] [--no-write]
 
 Defaults were tuned on 2,000 training images: Adam at 2e-3 with batch 32 learned DemoNet fastest
@@ -23,7 +24,8 @@ is larger than the 0.2-point goal, so a single run cannot settle a 0.2-point dif
 
 --scratch-controls trains each target's slim architecture from a fresh initialization on the
 same budget, which splits a drop into what the smaller network costs and what DHSPG's path to it
-costs.
+costs. --architectures does the same for widths given by hand: how well a slim DemoNet of a
+given shape can do on the budget, whichever way it is found.
 
 Writes benchmarks/results/otov2_demonet.{json,md,png} (stem: --results-name); run folders
 (trained.onnx, slim.onnx, metrics.json per run) go to --out, or to a temporary folder that is
@@ -111,20 +113,35 @@ def _slim_widths(slim: Path) -> tuple[int, int, int, int]:
     return tuple(dims[f"{name}.weight"] for name in ("conv1", "conv2", "conv5", "gemm1"))
 
 
-def _from_scratch(slim: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Capacity control: the architecture DHSPG kept, freshly initialized and trained densely
-    on the same budget. Near the baseline: the pruning trajectory costs the accuracy; near the
-    DHSPG run: the smaller architecture itself does."""
+def _from_scratch(widths: tuple[int, ...], args: argparse.Namespace,
+                  root: Path) -> dict[str, Any]:
+    """Capacity control: DemoNet at ``widths`` (conv1, conv2/conv3, conv5, gemm1), freshly
+    initialized and trained densely on the same budget. For the widths a DHSPG run kept: near
+    the baseline, the pruning trajectory costs the accuracy; near the DHSPG run, the smaller
+    architecture itself does."""
     import torch
 
     from models.export import export_onnx
     from models.zoo import DemoNet
 
-    model, widths = out.parent / f"{out.name}.onnx", _slim_widths(slim)
+    out = root / ("scratch_" + "_".join(map(str, widths)))
+    model = out.parent / f"{out.name}.onnx"
     if not ((args.reuse or args.resume) and model.is_file() and _slim_widths(model) == widths):
         torch.manual_seed(args.seed)
         export_onnx(DemoNet(widths), (1, 1, 28, 28), model)
     return _train(model, args, 0.0, out)
+
+
+def _widths(text: str) -> tuple[int, int, int, int]:
+    """--architectures item: four comma-separated DemoNet widths, e.g. 64,100,12,10."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': give four positive widths conv1,conv2,conv5,gemm1 (e.g. 64,100,12,10)")
+    return widths
 
 
 def _se(p: float, n: int) -> float:
@@ -178,6 +195,15 @@ def _row(name: str, metrics: dict[str, Any], base: dict[str, Any] | None) -> dic
     }
 
 
+def _threads(runs: Sequence[dict[str, Any]]) -> str:
+    """The torch thread counts the runs trained with (runs stored before metrics.json recorded
+    it say so): train seconds are comparable only between runs with the same count."""
+    counts = sorted({m["torch_threads"] for m in runs if "torch_threads" in m})
+    text = "torch threads " + " or ".join(map(str, counts)) if counts else "torch threads"
+    missing = sum("torch_threads" not in m for m in runs)
+    return text + (f" (not recorded by {missing} run(s) stored before it was)" if missing else "")
+
+
 def _meets(row: dict[str, Any]) -> dict[str, bool]:
     checks = {"macs": row["macs_pct"] <= GOAL["macs_pct_max"],
               "params": row["params_pct"] <= GOAL["params_pct_max"],
@@ -211,7 +237,7 @@ def _table(rows: list[dict[str, Any]], paper: bool = True) -> str:
 
 
 def _control_section(rows: list[dict[str, Any]]) -> str:
-    """Capacity controls (--scratch-controls): see ``_from_scratch``."""
+    """Capacity controls (--scratch-controls, --architectures): see ``_from_scratch``."""
     if not rows:
         return ""
     headers = ["run", "top-1 (%) ± SE", "drop vs baseline (points) ± SE", "MACs % of baseline",
@@ -219,11 +245,11 @@ def _control_section(rows: list[dict[str, Any]]) -> str:
     table = [[r["run"], f"{r['top1']:.2f} ± {r['top1_se']:.2f}",
               f"{r['drop_points']:+.2f} ± {r['drop_se']:.2f}", f"{r['macs_pct']:.1f}",
               f"{r['params_pct']:.1f}", f"{r['train_seconds']:.0f}"] for r in rows]
-    return ("\n\nCapacity control: the widths each DHSPG run kept (conv1, conv2/conv3, conv5, "
-            "gemm1), freshly initialized and "
-            "trained densely on the same budget. Close to the baseline means the pruning "
-            "trajectory costs the accuracy; close to the DHSPG run means the smaller "
-            "architecture does.\n\n" + markdown_table(headers, table))
+    return ("\n\nCapacity control: DemoNet at the widths (conv1, conv2/conv3, conv5, gemm1) a "
+            "DHSPG run kept, or given with --architectures, freshly initialized and trained "
+            "densely on the same budget. For a DHSPG run's widths: close to the baseline means "
+            "the pruning trajectory costs the accuracy; close to the DHSPG run means the "
+            "smaller architecture does.\n\n" + markdown_table(headers, table))
 
 
 def _finetune_section(rows: list[dict[str, Any]], first: dict[str, Any],
@@ -267,7 +293,7 @@ def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
     if controls:
         ax.errorbar([r["macs_pct"] for r in controls], [r["top1"] for r in controls],
                     yerr=[r["top1_se"] for r in controls], fmt="x", color="tab:purple",
-                    capsize=3, label="DHSPG's architectures trained from scratch", zorder=3)
+                    capsize=3, label="slim architectures trained from scratch", zorder=3)
     ax.plot([100.0, PAPER["flops_pct"]], [PAPER["baseline_top1"], PAPER["pruned_top1"]], "^--",
             color="tab:red", label="OTOv2 paper (baseline, DHSPG)", zorder=2)
     ax.axvline(GOAL["macs_pct_max"], color="gray", linestyle=":", linewidth=1)
@@ -321,6 +347,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="continue killed runs in --out from their last epoch checkpoint")
     parser.add_argument("--scratch-controls", action="store_true",
                         help="also train each DHSPG run's slim architecture from scratch")
+    parser.add_argument("--architectures", type=_widths, nargs="+", default=[],
+                        metavar="C1,C2,C5,G1",
+                        help="also train DemoNet at these widths from scratch (e.g. a slim "
+                             "architecture chosen by hand), each on the same budget")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="also start from the trained baseline: DHSPG at --finetune-targets "
                              "and a dense control (target 0), each for this many epochs")
@@ -336,8 +366,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.targets = sorted(set(args.targets))  # table rows and the plot's line in target order
-
-    import torch
 
     from models.export import export_onnx
     from models.zoo import build
@@ -355,9 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         controls = {}
         if args.scratch_controls:
             for target in args.targets:
-                slim = root / f"target_{target:g}" / "slim.onnx"
-                name = f"dhspg {target:g} architecture {_slim_widths(slim)}, from scratch"
-                controls[name] = _from_scratch(slim, args, root / f"scratch_{target:g}")
+                widths = _slim_widths(root / f"target_{target:g}" / "slim.onnx")
+                name = f"dhspg {target:g} architecture {widths}, from scratch"
+                controls[name] = _from_scratch(widths, args, root)
+        for widths in args.architectures:
+            controls[f"architecture {widths}, from scratch"] = _from_scratch(widths, args, root)
         tuned = {}
         if args.finetune_epochs:
             trained = root / "baseline" / "trained.onnx"
@@ -389,9 +419,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"both runs' right/wrong per image), "
                 f"{'more' if noise > GOAL['drop_points_max'] else 'less'} than the "
                 f"{GOAL['drop_points_max']}-point goal")
+    threads = _threads([*runs.values(), *controls.values(), *tuned.values()])
     markdown = (
-        f"DemoNet (OTOv2) on Fashion-MNIST, {budget}; CPU, torch threads "
-        f"{torch.get_num_threads()}, seed {args.seed}. Baseline = same trainer at target 0 "
+        f"DemoNet (OTOv2) on Fashion-MNIST, {budget}; CPU, {threads}, seed {args.seed}. "
+        f"Baseline = same trainer at target 0 "
         f"(plain {args.variant}). top-1 = slim model in onnxruntime on the test subset "
         f"(equal to the trained model's, checked). Goal: <= {GOAL['macs_pct_max']}% MACs, "
         f"<= {GOAL['params_pct_max']}% params, drop <= {GOAL['drop_points_max']} points. "

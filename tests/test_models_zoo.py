@@ -299,3 +299,36 @@ def test_demonet_drop_error_is_paired_when_both_runs_stored_their_answers():
     assert paired["drop_se"] < unpaired["drop_se"] / 3
     other_subset = _stored_run(base_right[:4000])
     assert bench._drop_se(_stored_run(run_right), other_subset)["drop_se_kind"] == "unpaired"
+
+
+def test_demonet_architectures_train_the_given_widths(tmp_path, monkeypatch, capsys):
+    """--architectures builds DemoNet at exactly the widths given and trains it densely (target
+    0) in its own run folder; a malformed item stops the parser with a message naming it."""
+    import benchmarks.otov2_demonet as bench
+    import trainers.train
+
+    args = bench._parser().parse_args(["--architectures", "64,100,12,10", "8,4,2,1"])
+    assert args.architectures == [(64, 100, 12, 10), (8, 4, 2, 1)]
+    calls = []
+    monkeypatch.setattr(trainers.train, "run_dhspg",
+                        lambda model, options, log: calls.append((model, options)) or {})
+    bench._from_scratch((8, 4, 2, 1), args, tmp_path)
+    (model, options), = calls
+    assert bench._slim_widths(model) == (8, 4, 2, 1)
+    assert options.target == 0.0 and options.out == tmp_path / "scratch_8_4_2_1"
+    for bad in ("64,100,12", "64,x,12,10", "64,0,12,10"):
+        with pytest.raises(SystemExit):
+            bench._parser().parse_args(["--architectures", bad])
+        assert f"'{bad}': give four positive widths" in capsys.readouterr().err
+
+
+def test_demonet_table_names_the_thread_counts_its_runs_used():
+    """Train seconds compare only at equal thread counts: the table says which were used and
+    how many reused runs predate the record."""
+    from benchmarks.otov2_demonet import _threads
+
+    assert _threads([{"torch_threads": 2}, {"torch_threads": 1}, {"torch_threads": 2}]) == (
+        "torch threads 1 or 2")
+    assert _threads([{"torch_threads": 2}, {}]) == (
+        "torch threads 2 (not recorded by 1 run(s) stored before it was)")
+    assert _threads([{}]) == "torch threads (not recorded by 1 run(s) stored before it was)"

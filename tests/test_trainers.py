@@ -104,6 +104,7 @@ def test_slim_matches_trained_and_is_smaller(digits_run, mlpnet):
     assert metrics["group_sparsity"] > 0
     assert metrics["params"]["slim"] < metrics["params"]["input"]
     assert metrics["macs"]["slim"] < metrics["macs"]["input"]
+    assert metrics["torch_threads"] == torch.get_num_threads()
     groups = partition(str(mlpnet)).groups
     masks = load_masks(out / FILES["masks"], groups)
     assert masks.keys() >= masks_from_zeros(onnx.load(str(out / FILES["trained"])), groups).keys()

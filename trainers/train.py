@@ -574,6 +574,7 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
         "steps": run.optimizer.diagnostics()["step"],
         "world_size": run.world.size,
         "device": str(run.device),
+        "torch_threads": torch.get_num_threads(),  # train seconds depend on it
         "accuracy": {"trained": float((full_pred == run.test.y).mean()),
                      "slim": float(slim_right.mean()),
                      "prediction_mismatches": int((full_pred != slim_pred).sum()),
