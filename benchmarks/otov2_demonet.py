@@ -191,8 +191,15 @@ def _row(name: str, metrics: dict[str, Any], base: dict[str, Any] | None) -> dic
         "params_pct": 100 * metrics["params"]["slim"] / base["params"]["slim"],
         "macs_pct": 100 * metrics["macs"]["slim"] / base["macs"]["slim"],
         "train_seconds": metrics["train_seconds"],
-        "wall_seconds": metrics["wall_seconds"],
+        "wall_seconds": metrics["wall_seconds"],  # the last process only when resumed
+        "resumed_at_epoch": metrics.get("resumed_at_epoch"),  # None: stored before it was
     }
+
+
+def _wall(row: dict[str, Any]) -> str:
+    """Wall seconds; a resumed run's count only its last process, and the cell says so."""
+    resumed = row.get("resumed_at_epoch")
+    return f"{row['wall_seconds']:.0f}" + (f" (resumed after epoch {resumed})" if resumed else "")
 
 
 def _threads(runs: Sequence[dict[str, Any]]) -> str:
@@ -225,7 +232,7 @@ def _table(rows: list[dict[str, Any]], paper: bool = True) -> str:
                       "-" if baseline else f"{r['drop_points']:+.2f} ± {r['drop_se']:.2f}",
                       f"{r['macs_pct']:.1f}",
                       f"{r['params_pct']:.1f}", f"{r['train_seconds']:.0f}",
-                      f"{r['wall_seconds']:.0f}", verdict])
+                      _wall(r), verdict])
     if paper:
         table.append(["paper (OTOv2): baseline", "-", f"{PAPER['baseline_top1']:.1f}", "-",
                       "100.0", "100.0", "-", "-", "-"])

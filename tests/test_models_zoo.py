@@ -332,3 +332,12 @@ def test_demonet_table_names_the_thread_counts_its_runs_used():
     assert _threads([{"torch_threads": 2}, {}]) == (
         "torch threads 2 (not recorded by 1 run(s) stored before it was)")
     assert _threads([{}]) == "torch threads (not recorded by 1 run(s) stored before it was)"
+
+
+def test_demonet_table_says_when_wall_seconds_cover_only_a_resumed_process():
+    """After --resume, train seconds sum every segment but wall seconds time the last process."""
+    from benchmarks.otov2_demonet import _wall
+
+    assert _wall({"wall_seconds": 120.4, "resumed_at_epoch": 0}) == "120"
+    assert _wall({"wall_seconds": 120.4, "resumed_at_epoch": None}) == "120"
+    assert _wall({"wall_seconds": 120.4, "resumed_at_epoch": 3}) == "120 (resumed after epoch 3)"

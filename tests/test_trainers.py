@@ -150,6 +150,7 @@ def test_resume_gives_the_same_weights(mlpnet, synthetic, tmp_path):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    assert (straight["resumed_at_epoch"], resumed["resumed_at_epoch"]) == (0, 1)
     with pytest.raises(OnnxotoError, match="different run.*target"):
         run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", resume=True,
                                        **{**options, "target": 0.3}))
