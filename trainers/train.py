@@ -274,7 +274,6 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     start_epoch: int = 0
-    resumed_at_epoch: int = 0
 
 
 def _input_dims(module: OnnxModule, model: onnx.ModelProto) -> tuple[int | None, ...]:
@@ -409,7 +408,7 @@ def _resume(run: Run) -> None:
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    run.start_epoch = run.resumed_at_epoch = int(state["epoch"])
+    run.start_epoch = int(state["epoch"])
     run.history = list(state["history"])
     run.train_seconds = float(state["train_seconds"])
 
@@ -589,7 +588,7 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
         "validation": result.comparison.to_dict() if result.comparison else None,
         "train_seconds": run.train_seconds,  # summed over every resumed segment
         "wall_seconds": time.perf_counter() - wall_started,  # this process only
-        "resumed_at_epoch": run.resumed_at_epoch,  # 0: trained in one process
+        "resumed_at_epoch": run.start_epoch,  # 0: trained in one process
         "files": dict(FILES),
         "history": run.history,
     }
