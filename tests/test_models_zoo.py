@@ -338,6 +338,10 @@ def test_demonet_table_says_when_wall_seconds_cover_only_a_resumed_process():
     """After --resume, train seconds sum every segment but wall seconds time the last process."""
     from benchmarks.otov2_demonet import _wall
 
-    assert _wall({"wall_seconds": 120.4, "resumed_at_epoch": 0}) == "120"
-    assert _wall({"wall_seconds": 120.4, "resumed_at_epoch": None}) == "120"
-    assert _wall({"wall_seconds": 120.4, "resumed_at_epoch": 3}) == "120 (resumed after epoch 3)"
+    assert _wall({"wall_seconds": 120.4, "train_seconds": 100.0, "resumed_at_epoch": 0}) == "120"
+    assert _wall({"wall_seconds": 120.4, "train_seconds": 100.0, "resumed_at_epoch": None}) == "120"
+    assert (_wall({"wall_seconds": 120.4, "train_seconds": 100.0, "resumed_at_epoch": 3})
+            == "120 (resumed after epoch 3)")
+    # Stored before resumes were recorded: only a resume makes wall time shorter than train time.
+    assert (_wall({"wall_seconds": 90.0, "train_seconds": 100.0, "resumed_at_epoch": None})
+            == "90 (resumed)")
