@@ -99,7 +99,7 @@ def test_run_writes_files_and_metrics(digits_run, mlpnet):
 def test_slim_matches_trained_and_is_smaller(digits_run, mlpnet):
     out, metrics = digits_run
     acc = metrics["accuracy"]
-    assert acc["trained"] == acc["slim"] and acc["prediction_mismatches"] == 0
+    assert acc["trained"] == acc["zeroed"] == acc["slim"] and acc["prediction_mismatches"] == 0
     assert acc["trained"] > 0.3  # chance is 0.1; 20 plain and 20 DHSPG steps of plain SGD
     assert metrics["group_sparsity"] > 0
     assert metrics["params"]["slim"] < metrics["params"]["input"]

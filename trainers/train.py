@@ -42,6 +42,7 @@ from tqdm import tqdm
 from onnxoto.errors import OnnxotoError
 from onnxoto.graph import file_sha256, load_model
 from onnxoto.groups import save_masks, write_atomic
+from onnxoto.masking import zero_channels
 from onnxoto.metrics import measure
 from onnxoto.partition import Partition, partition
 from onnxoto.runtime import session
@@ -558,6 +559,7 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
                                  f"{result.comparison.summary().splitlines()[0]}")
     save_model(result.model, out / FILES["slim"])
     full_pred = onnx_predictions(trained, run.test.x)
+    zeroed_pred = onnx_predictions(zero_channels(trained, run.parts.groups, masks), run.test.x)
     slim_pred = onnx_predictions(result.model, run.test.x)
     slim_right = slim_pred == run.test.y
     before, after = measure(run.model_path), measure(result.model)
@@ -575,7 +577,10 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
         "world_size": run.world.size,
         "device": str(run.device),
         "torch_threads": torch.get_num_threads(),  # train seconds depend on it
+        # trained: trained.onnx as written; zeroed: with the masks' channels set to zero (equal
+        # when DHSPG's groups are exact zeros, which is what this records); slim: slim.onnx.
         "accuracy": {"trained": float((full_pred == run.test.y).mean()),
+                     "zeroed": float((zeroed_pred == run.test.y).mean()),
                      "slim": float(slim_right.mean()),
                      "prediction_mismatches": int((full_pred != slim_pred).sum()),
                      "slim_correct": pack_correct(slim_right),
