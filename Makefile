@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= out/demo
+SEED ?= 0
+TARGETS ?= 0.55 0.58 0.6 0.67
+SEED_SUFFIX := $(if $(filter 0,$(SEED)),,_seed$(SEED))
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
@@ -36,12 +39,14 @@ bench: $(STAMP) data
 	$(PY) benchmarks/shrink_latency.py
 	$(PY) benchmarks/optimizer_overhead.py
 
-# The run that meets the DemoNet goal (target 0.58), with the committed results' flags: about
-# 3 hours on a 2-core CPU (5 trainings of 40 minutes). Killed? Run it again: it resumes in out/.
+# The committed DemoNet runs: target 0.58 met the goal at seed 0; `SEED=1 TARGETS=0.58` is the
+# replication that did not. About 40 minutes a training on a 2-core CPU (5 trainings by
+# default). Killed? Run it again: it resumes in out/.
 bench-demonet: $(STAMP) data
 	$(PY) benchmarks/otov2_demonet.py --limit-train 24000 --limit-test 5000 --epochs 8 \
-		--lr 5e-3 --warmup-epochs 0 --targets 0.55 0.58 0.6 0.67 \
-		--out out/demonet --reuse --resume --results-name otov2_demonet_24k_lr5_warmup0
+		--lr 5e-3 --warmup-epochs 0 --targets $(TARGETS) \
+		--seed $(SEED) --out out/demonet$(SEED_SUFFIX) --reuse --resume \
+		--results-name otov2_demonet_24k_lr5_warmup0$(SEED_SUFFIX)
 
 clean:
 	rm -rf $(VENV) out
