@@ -345,3 +345,45 @@ def test_demonet_table_says_when_wall_seconds_cover_only_a_resumed_process():
     # Stored before resumes were recorded: only a resume makes wall time shorter than train time.
     assert (_wall({"wall_seconds": 90.0, "train_seconds": 100.0, "resumed_at_epoch": None})
             == "90 (resumed)")
+
+
+def _seed_payload(seed: int, drops: dict[str, float], *, lr: float = 5e-3) -> dict:
+    """A DemoNet results payload as otov2_demonet.py writes it, reduced to what the seed
+    summary reads."""
+    rows = [{"run": "baseline", "top1": 86.0}]
+    rows += [{"run": run, "drop_points": drop, "macs_pct": 22.0 + seed, "params_pct": 21.0 + seed}
+             for run, drop in drops.items()]
+    return {"args": {"seed": seed, "lr": lr, "targets": [], "results_name": f"r{seed}",
+                     "out": f"out/{seed}"},
+            "budget": "budget", "rows": rows}
+
+
+def test_demonet_seeds_mean_spread_and_goal():
+    """The goal is judged on the mean over seeds; the spread is the between-seed SD."""
+    from benchmarks.demonet_seeds import summarize
+
+    summary = summarize([_seed_payload(0, {"dhspg 0.58": -0.1, "dhspg 0.6": 0.5}),
+                         _seed_payload(1, {"dhspg 0.58": 0.3})])
+    by_run = {s["run"]: s for s in summary}
+    both = by_run["dhspg 0.58"]
+    assert both["seeds"] == [0, 1] and both["drop_points"] == {0: -0.1, 1: 0.3}
+    assert both["mean_drop_points"] == pytest.approx(0.1)
+    assert both["drop_sd_between_seeds"] == pytest.approx(0.4 / 2 ** 0.5)
+    assert both["mean_drop_se"] == pytest.approx(0.2)
+    assert both["mean_macs_pct"] == pytest.approx(22.5)
+    assert both["meets_goal_on_means"]
+    alone = by_run["dhspg 0.6"]
+    assert alone["seeds"] == [0] and alone["drop_sd_between_seeds"] is None
+    assert not alone["meets_goal_on_means"]  # a 0.5-point drop
+
+
+def test_demonet_seeds_refuses_other_budgets_and_repeated_seeds(capsys):
+    from benchmarks.demonet_seeds import SeedsError, check_same_budget, main
+
+    check_same_budget([_seed_payload(0, {}), _seed_payload(1, {})])
+    with pytest.raises(SeedsError, match="'r1' differs from 'r0' in lr"):
+        check_same_budget([_seed_payload(0, {}), _seed_payload(1, {}, lr=2e-3)])
+    with pytest.raises(SeedsError, match="repeat"):
+        check_same_budget([_seed_payload(0, {}), _seed_payload(0, {})])
+    assert main(["no_such_results_stem", "--no-write"]) == 2
+    assert "no_such_results_stem.json': no such results file" in capsys.readouterr().err
