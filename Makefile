@@ -39,8 +39,8 @@ bench: $(STAMP) data
 	$(PY) benchmarks/shrink_latency.py
 	$(PY) benchmarks/optimizer_overhead.py
 
-# The committed DemoNet runs: target 0.58 met the goal at seed 0; `SEED=1 TARGETS=0.58` is the
-# replication that did not. About 40 minutes a training on a 2-core CPU (5 trainings by
+# The committed DemoNet runs: target 0.58 met the goal at seed 0; SEED=1 (or 2) TARGETS=0.58 are
+# replications that did not. About 40 minutes a training on a 2-core CPU (5 trainings by
 # default). Killed? Run it again: it resumes in out/.
 bench-demonet: $(STAMP) data
 	$(PY) benchmarks/otov2_demonet.py --limit-train 24000 --limit-test 5000 --epochs 8 \

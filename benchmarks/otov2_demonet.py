@@ -22,8 +22,9 @@ up to 20 points between epochs, so the rate decays to 0 (cosine) and the runs en
 accuracy is shown with its binomial standard error: on a test subset of a few thousand images it
 is larger than the 0.2-point goal, so a single run cannot settle a 0.2-point difference.
 The goal was met (point estimate) on 24,000 images x 8 epochs with --lr 5e-3 --warmup-epochs 0
-at target 0.58 and seed 0, but not at --seed 1 (drop 1.74 points): between seeds the drop varies
-far more than its test-set error. `make bench-demonet [SEED=1]` repeats those runs.
+at target 0.58 and seed 0, but not at --seed 1 or 2 (drops 1.74 and 0.62 points): between seeds
+the drop varies far more than its test-set error (benchmarks/demonet_seeds.py).
+`make bench-demonet [SEED=1 TARGETS=0.58]` repeats those runs.
 
 --scratch-controls trains each target's slim architecture from a fresh initialization on the
 same budget, which splits a drop into what the smaller network costs and what DHSPG's path to it
