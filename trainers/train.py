@@ -559,7 +559,8 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
                                  f"{result.comparison.summary().splitlines()[0]}")
     save_model(result.model, out / FILES["slim"])
     full_pred = onnx_predictions(trained, run.test.x)
-    zeroed_pred = onnx_predictions(zero_channels(trained, run.parts.groups, masks), run.test.x)
+    zeroed_pred = onnx_predictions(zero_channels(trained, run.parts.groups, result.masks),
+                                   run.test.x)
     slim_pred = onnx_predictions(result.model, run.test.x)
     slim_right = slim_pred == run.test.y
     before, after = measure(run.model_path), measure(result.model)
