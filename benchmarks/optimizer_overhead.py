@@ -2,17 +2,24 @@
 
 Goal: DHSPG <= 1.15x SGD. Reported per batch size, twice: the optimizer step alone (where
 DHSPG's extra work lives) and a whole training step (forward + backward + optimizer), which is
-what a user waits for. Both optimizers see the same model and inputs, interleaved step by step.
-DHSPG runs after warm-up in two settings: its redundant set re-selected every step (period 1,
-the worst case) and every 100 steps (the trainer's default), the latter also with its per-step
-sums compiled (``compile_stats``; compiled before timing starts).
+what a user waits for. Every optimizer trains its own copy of one model on the same inputs,
+interleaved step by step. DHSPG runs after warm-up in three settings: its redundant set
+re-selected every step (period 1, the worst case) and every 100 steps (the trainer's default),
+the latter also with its per-step sums compiled (``compile_stats``; compiled before timing).
+
+Two phases of a run are timed. "pushing": fresh weights, the redundant ZIGs are being pushed
+towards zero (DHSPG sweeps its per-ZIG sums every step). "zeroed": half of the ZIGs are already
+exactly zero and form the redundant set, as in a DemoNet run after its first epoch, i.e. most
+of a run's steps; between choices DHSPG then takes the plain step and refills the zero rows.
 
     python benchmarks/optimizer_overhead.py [--steps 20] [--size 64] [--batch 8 32]
+        [--phases pushing zeroed]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -30,29 +37,46 @@ from onnxoto.partition import partition  # noqa: E402
 from trainers.dhspg import DHSPG, DHSPGOptions  # noqa: E402
 from trainers.zig import build_zig_index  # noqa: E402
 
-
-def _optimizers(model: torch.nn.Module, groups) -> dict[str, torch.optim.Optimizer]:
-    named = dict(model.named_parameters())
-    zig = build_zig_index(groups, named)
-    settings = {"dhspg period 1": dict(period=1), "dhspg period 100": dict(period=100),
-                "dhspg period 100 compiled": dict(period=100, compile_stats=True)}
-    dhspg = {name: DHSPG(named, zig, DHSPGOptions(lr=1e-3, target_group_sparsity=0.5,
-                                                  warmup_steps=0, **setting))
-             for name, setting in settings.items()}
-    return {"sgd": torch.optim.SGD(model.parameters(), lr=1e-3), **dhspg}
+SETTINGS = {"dhspg period 1": dict(period=1), "dhspg period 100": dict(period=100),
+            "dhspg period 100 compiled": dict(period=100, compile_stats=True)}
+TARGET = 0.5
 
 
-def _time_steps(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                batch: int, size: int, steps: int,
+def _setups(model: torch.nn.Module, groups, phase: str) -> dict[str, tuple]:
+    """name -> (model copy, its optimizer) for SGD and each DHSPG setting. For "zeroed", the
+    same random half of the ZIGs is set to 0 in every copy first; DHSPG's first choice then
+    takes exactly those (zero ZIGs always rank lowest), as after a run's pushing phase."""
+    template = copy.deepcopy(model)
+    if phase == "zeroed":
+        params = dict(template.named_parameters())
+        zig = build_zig_index(groups, params)
+        chosen = torch.randperm(zig.num_groups, generator=torch.Generator().manual_seed(0))
+        zero = torch.zeros(zig.num_groups, dtype=torch.bool)
+        zero[chosen[:int(zig.num_groups * TARGET)]] = True
+        zig.zero_(params, zero)
+    setups = {}
+    for name in ("sgd", *SETTINGS):
+        copy_ = copy.deepcopy(template).train()
+        if name == "sgd":
+            setups[name] = (copy_, torch.optim.SGD(copy_.parameters(), lr=1e-3))
+            continue
+        named = dict(copy_.named_parameters())
+        options = DHSPGOptions(lr=1e-3, target_group_sparsity=TARGET, warmup_steps=0,
+                               **SETTINGS[name])
+        setups[name] = (copy_, DHSPG(named, build_zig_index(groups, named), options))
+    return setups
+
+
+def _time_steps(setups: dict[str, tuple], phase: str, batch: int, size: int, steps: int,
                 first_ms: dict[str, float]) -> list[dict[str, object]]:
     """Median optimizer-step and whole-step times per optimizer, with ratios to SGD; the first
     step of each optimizer (compiling, for the compiled setting) goes to ``first_ms``."""
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
-    step_ms: dict[str, list[float]] = {name: [] for name in optimizers}
-    total_ms: dict[str, list[float]] = {name: [] for name in optimizers}
+    step_ms: dict[str, list[float]] = {name: [] for name in setups}
+    total_ms: dict[str, list[float]] = {name: [] for name in setups}
     for step in range(steps + 2):
-        for name, optimizer in optimizers.items():  # interleaved: noise hits all alike
+        for name, (model, optimizer) in setups.items():  # interleaved: noise hits all alike
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -60,17 +84,17 @@ def _time_steps(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimi
             mid = time.perf_counter()
             optimizer.step()
             end = time.perf_counter()
-            first_ms.setdefault(name, 1e3 * (end - mid))
+            first_ms.setdefault(f"{name} ({phase})", 1e3 * (end - mid))
             if step >= 2:
                 step_ms[name].append(1e3 * (end - mid))
                 total_ms[name].append(1e3 * (end - start))
     rows = []
     for measure, times in (("optimizer step", step_ms), ("training step", total_ms)):
         med = {k: statistics.median(v) for k, v in times.items()}
-        for name in optimizers:
+        for name in setups:
             if name != "sgd":
-                rows.append({"batch": batch, "measure": measure, "dhspg": name,
-                             "sgd_ms": med["sgd"], "dhspg_ms": med[name],
+                rows.append({"phase": phase, "batch": batch, "measure": measure,
+                             "dhspg": name, "sgd_ms": med["sgd"], "dhspg_ms": med[name],
                              "ratio": med[name] / med["sgd"]})
     return rows
 
@@ -80,24 +104,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--phases", nargs="+", choices=["pushing", "zeroed"],
+                        default=["pushing", "zeroed"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = build("resnet50").train()
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, ZOO["resnet50"].input_shape, Path(tmp) / "r50.onnx")
         groups = partition(path).groups
-    model.train()
-    optimizers = _optimizers(model, groups)
     first_ms: dict[str, float] = {}
-    rows = [row for batch in args.batch
-            for row in _time_steps(model, optimizers, batch, args.size, args.steps, first_ms)]
-    zigs = optimizers["dhspg period 1"].zig.num_groups
+    rows, zigs = [], 0
+    for phase in args.phases:
+        setups = _setups(model, groups, phase)
+        zigs = setups["dhspg period 1"][1].zig.num_groups
+        rows += [row for batch in args.batch
+                 for row in _time_steps(setups, phase, batch, args.size, args.steps, first_ms)]
+        del setups
     markdown = (f"ResNet-50 (zoo), input 3 x {args.size} x {args.size}, {zigs:,} ZIGs, "
-                f"{args.steps} interleaved steps per batch size, CPU threads "
-                f"{torch.get_num_threads()}; DHSPG target 0.5, SGD without momentum\n\n"
+                f"{args.steps} interleaved steps per phase and batch size, CPU threads "
+                f"{torch.get_num_threads()}; DHSPG target {TARGET}, lr 1e-3, SGD without "
+                "momentum. pushing: redundant ZIGs still non-zero; zeroed: they are exactly 0 "
+                "(most steps of a run)\n\n"
                 + markdown_table(
-                    ["batch", "measure", "DHSPG setting", "SGD ms", "DHSPG ms", "DHSPG / SGD"],
-                    [[r["batch"], r["measure"], r["dhspg"], f"{r['sgd_ms']:.1f}",
+                    ["phase", "batch", "measure", "DHSPG setting", "SGD ms", "DHSPG ms",
+                     "DHSPG / SGD"],
+                    [[r["phase"], r["batch"], r["measure"], r["dhspg"], f"{r['sgd_ms']:.1f}",
                       f"{r['dhspg_ms']:.1f}", f"{r['ratio']:.2f}"] for r in rows])
                 + "\n\nFirst optimizer step (one-time costs; the compiled setting compiles "
                 "here): " + ", ".join(f"{name} {ms / 1e3:.1f} s" for name, ms in first_ms.items()))

@@ -247,6 +247,30 @@ def test_redundant_step_is_descent_and_shrinks(exported):
     assert (zig.dot(delta, before)[red] < 0).all(), "the redundant update must shrink ||x||"
 
 
+def test_zero_redundant_set_takes_the_plain_step_without_the_sums(exported, monkeypatch):
+    """Once every redundant ZIG is exactly 0 (most of a run), a step between choices is the
+    plain step with those ZIGs held at 0, and the per-ZIG sums are not swept; a choice step
+    still sweeps."""
+    model, params, zig, x, y = _mlp_setup(exported)
+    zero = torch.zeros(zig.num_groups, dtype=torch.bool)
+    zero[torch.randperm(zig.num_groups, generator=torch.Generator().manual_seed(0))
+         [:zig.num_groups // 2]] = True
+    zig.zero_(params, zero)
+    opt = DHSPG(params, zig, DHSPGOptions(lr=0.1, target_group_sparsity=0.5, period=3))
+    sweeps = []
+    pair_stats = zig.pair_stats
+    monkeypatch.setattr(zig, "pair_stats", lambda *a, **k: sweeps.append(1) or pair_stats(*a, **k))
+    for step in range(4):
+        before = {n: p.detach().clone() for n, p in params.items()}
+        _train(model, opt, x, y, 1, start=step)
+        expected = {n: before[n].add(params[n].grad, alpha=-0.1) for n in params}
+        zig.zero_(expected, zero)
+        assert torch.equal(opt._redundant, zero)
+        for name, p in params.items():
+            torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=0, msg=name)
+    assert len(sweeps) == 2, "only the choice steps (0 and 3) sweep the per-ZIG sums"
+
+
 # --------------------------------------------------------------------------- training
 
 

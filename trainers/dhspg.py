@@ -240,8 +240,15 @@ class DHSPG(torch.optim.Optimizer):
 
     def _sparse_step(self, directions: dict[str, torch.Tensor], lr: float) -> None:
         zig, opt = self.zig, self.options
-        xx, xd, dd = zig.pair_stats(zig.params(), directions, compiled=opt.compile_stats)
-        if (self._t - opt.warmup_steps) % opt.period == 0:
+        selecting = (self._t - opt.warmup_steps) % opt.period == 0
+        if selecting or bool((self._redundant & ~self._zeroed).any()):
+            xx, xd, dd = zig.pair_stats(zig.params(), directions, compiled=opt.compile_stats)
+        else:
+            # Between choices only redundant ZIGs' sums are read, and every redundant ZIG was
+            # projected last step, so is exactly 0 (only this optimizer writes the parameters
+            # between steps): their sums are 0. This skips the sweep for most of a run.
+            xx = xd = dd = torch.zeros(zig.num_groups, device=zig.device)
+        if selecting:
             self._redundant = self._select(xx, xd, dd)
         lam = redundant_lambdas(xx, xd, dd, lam=opt.lam, amplify=opt.lam_amplify,
                                 hat=opt.lam_hat)
@@ -271,21 +278,27 @@ class DHSPG(torch.optim.Optimizer):
 
     def _write(self, directions: dict[str, torch.Tensor], shrink: torch.Tensor,
                project: torch.Tensor, lr: float) -> None:
-        """x <- shrink[zig] * x - lr * d; projected ZIGs get factor 0 on both terms: exact 0.
+        """x <- shrink[zig] * x - lr * keep[zig] * d, keep = 0 where projected: with factor 0 on
+        x too, a projected ZIG is exactly 0 (for a finite d).
 
-        Multi-tensor (``_foreach``) updates, and only the parameters with a shrinking or
-        projected row are touched a second time: the step stays close to SGD's memory traffic."""
-        factor = shrink.masked_fill(project, 0)
+        Multi-tensor (``_foreach``) updates. The keep mask rides in the add (addcmul costs what
+        add does), and only parameters with a shrinking or newly projected row are touched a
+        second time (a ZIG projected last step is 0 already): the step stays close to SGD's
+        memory traffic. Once the redundant set is 0, that is SGD's step exactly."""
+        factor = shrink.masked_fill(project & ~self._zeroed, 0)
         factors = self.zig.broadcast(factor, 1.0)
         scaled = self.zig.touched(factor != 1)
         if scaled:
             torch._foreach_mul_([e.param for e in scaled], [factors[e.name] for e in scaled])
-        names = list(directions)
-        torch._foreach_add_([self.named[n] for n in names], [directions[n] for n in names],
+        masked = {e.name for e in self.zig.touched(project)}
+        plain = [n for n in directions if n not in masked]
+        torch._foreach_add_([self.named[n] for n in plain], [directions[n] for n in plain],
                             alpha=-lr)
-        for entry in self.zig.touched(project):
-            rows = entry.per_row(project, False).reshape(-1).nonzero().reshape(-1)
-            entry.param.index_fill_(entry.axis, rows, 0)
+        if masked:  # -lr folded into the mask: x + d * (-lr) rounds as add's x + (-lr) * d
+            steps = self.zig.broadcast((~project).to(factor.dtype) * -lr, -lr)
+            torch._foreach_addcmul_([self.named[n] for n in masked],
+                                    [directions[n] for n in masked],
+                                    [steps[n] for n in masked])
         self._zeroed = project
 
     # ------------------------------------------------------------------ reporting and resume
