@@ -9,7 +9,9 @@ were -0.08, +1.74 and +0.62 points. Only the mean over seeds says whether the 0.
         otov2_demonet_24k_lr5_warmup0_seed1 [...] [--results-name NAME] [--no-write]
 
 Each name is a results stem written by otov2_demonet.py (or a path to its .json). The files must
-share every option but the seed, the targets and where they were written.
+share every option but the seed, the targets, the extra control runs and where they were written.
+Where a seed ran --scratch-controls, the table also gives the drop of the same widths trained
+from scratch: what the architecture costs, the rest of a DHSPG drop being what its path costs.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E402
 from benchmarks.otov2_demonet import GOAL, _meets  # noqa: E402
 
-# Options that may differ between the files of one comparison.
-PER_FILE = {"seed", "targets", "out", "reuse", "resume", "results_name", "no_write"}
+# Options that may differ between the files of one comparison (the controls add runs; they do
+# not change the DHSPG runs compared).
+PER_FILE = {"seed", "targets", "out", "reuse", "resume", "results_name", "no_write",
+            "scratch_controls", "architectures"}
 
 
 class SeedsError(ValueError):
@@ -63,12 +67,17 @@ def summarize(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ran it, their means, the standard deviation of the drop between seeds and the goal on the
     means. The spread needs two seeds or more (None otherwise)."""
     by_run: dict[str, dict[int, dict[str, Any]]] = {}
+    scratch: dict[str, dict[int, float]] = {}
     for payload in payloads:
+        seed = payload["args"]["seed"]
         for row in payload["rows"][1:]:  # rows[0] is the seed's own baseline
-            by_run.setdefault(row["run"], {})[payload["args"]["seed"]] = row
+            by_run.setdefault(row["run"], {})[seed] = row
+        for run, row in _scratch_controls(payload).items():
+            scratch.setdefault(run, {})[seed] = row["drop_points"]
     summary = []
     for run, rows in by_run.items():
         drops = [r["drop_points"] for r in rows.values()]
+        controls = dict(sorted(scratch.get(run, {}).items()))
         mean = {key: statistics.fmean(r[key] for r in rows.values())
                 for key in ("drop_points", "macs_pct", "params_pct")}
         spread = statistics.stdev(drops) if len(drops) > 1 else None
@@ -82,15 +91,26 @@ def summarize(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "mean_macs_pct": mean["macs_pct"],
             "mean_params_pct": mean["params_pct"],
             "meets_goal_on_means": _meets(mean)["all"],
+            "scratch_drop_points": controls,
+            "mean_scratch_drop_points": (statistics.fmean(controls.values()) if controls
+                                         else None),
         })
     return sorted(summary, key=lambda s: s["run"])
+
+
+def _scratch_controls(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """DHSPG run name -> the row of its widths trained from scratch (--scratch-controls)."""
+    marker = " architecture "
+    return {row["run"].split(marker)[0]: row for row in payload.get("scratch_control_rows", [])
+            if row["run"].startswith("dhspg ") and marker in row["run"]}
 
 
 def _markdown(payloads: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
     baselines = ", ".join(f"seed {p['args']['seed']} {p['rows'][0]['top1']:.2f} %"
                           for p in payloads)
     headers = ["run", "drop per seed (points)", "mean drop ± SE", "SD between seeds",
-               "mean MACs %", "mean params %", "meets goal on the means"]
+               "mean MACs %", "mean params %", "meets goal on the means",
+               "same widths from scratch: drop per seed (mean)"]
     table = [[s["run"],
               ", ".join(f"{seed}: {d:+.2f}" for seed, d in s["drop_points"].items()),
               f"{s['mean_drop_points']:+.2f}" + (f" ± {s['mean_drop_se']:.2f}"
@@ -98,12 +118,19 @@ def _markdown(payloads: list[dict[str, Any]], summary: list[dict[str, Any]]) -> 
               "-" if s["drop_sd_between_seeds"] is None else f"{s['drop_sd_between_seeds']:.2f}",
               f"{s['mean_macs_pct']:.1f}", f"{s['mean_params_pct']:.1f}",
               ("**yes**" if s["meets_goal_on_means"] else "no") + (
-                  "" if len(s["seeds"]) > 1 else " (one seed)")]
+                  "" if len(s["seeds"]) > 1 else " (one seed)"),
+              _per_seed(s["scratch_drop_points"], s["mean_scratch_drop_points"])]
              for s in summary]
     return (f"DemoNet over seeds: {payloads[0]['budget']}. Each seed has its own baseline "
             f"({baselines}); a drop is against its seed's baseline. Goal: <= "
             f"{GOAL['macs_pct_max']}% MACs, <= {GOAL['params_pct_max']}% params, drop <= "
             f"{GOAL['drop_points_max']} points.\n\n" + markdown_table(headers, table))
+
+
+def _per_seed(drops: dict[int, float], mean: float | None) -> str:
+    if not drops:
+        return "-"
+    return ", ".join(f"{seed}: {d:+.2f}" for seed, d in drops.items()) + f" ({mean:+.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:

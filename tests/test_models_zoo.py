@@ -347,15 +347,24 @@ def test_demonet_table_says_when_wall_seconds_cover_only_a_resumed_process():
             == "90 (resumed)")
 
 
-def _seed_payload(seed: int, drops: dict[str, float], *, lr: float = 5e-3) -> dict:
+def _seed_payload(seed: int, drops: dict[str, float], *, lr: float = 5e-3,
+                  scratch: dict[str, float] | None = None) -> dict:
     """A DemoNet results payload as otov2_demonet.py writes it, reduced to what the seed
-    summary reads."""
+    summary reads; ``scratch``: run -> drop of its widths trained from scratch."""
     rows = [{"run": "baseline", "top1": 86.0}]
     rows += [{"run": run, "drop_points": drop, "macs_pct": 22.0 + seed, "params_pct": 21.0 + seed}
              for run, drop in drops.items()]
-    return {"args": {"seed": seed, "lr": lr, "targets": [], "results_name": f"r{seed}",
-                     "out": f"out/{seed}"},
-            "budget": "budget", "rows": rows}
+    payload = {"args": {"seed": seed, "lr": lr, "targets": [], "results_name": f"r{seed}",
+                        "out": f"out/{seed}"},
+               "budget": "budget", "rows": rows}
+    if scratch is not None:
+        payload["args"]["scratch_controls"] = True
+        payload["scratch_control_rows"] = [
+            {"run": f"{run} architecture (64, 60, 60, 50), from scratch", "drop_points": drop}
+            for run, drop in scratch.items()]
+        payload["scratch_control_rows"].append(
+            {"run": "architecture (64, 10, 10, 10), from scratch", "drop_points": 3.0})
+    return payload
 
 
 def test_demonet_seeds_mean_spread_and_goal():
@@ -375,6 +384,22 @@ def test_demonet_seeds_mean_spread_and_goal():
     alone = by_run["dhspg 0.6"]
     assert alone["seeds"] == [0] and alone["drop_sd_between_seeds"] is None
     assert not alone["meets_goal_on_means"]  # a 0.5-point drop
+    assert both["scratch_drop_points"] == {} and both["mean_scratch_drop_points"] is None
+
+
+def test_demonet_seeds_pairs_each_run_with_its_widths_from_scratch():
+    """A seed's --scratch-controls row of a target's widths splits its drop (architecture vs
+    path); hand-given --architectures rows belong to no target and are left out."""
+    from benchmarks.demonet_seeds import _markdown, check_same_budget, summarize
+
+    payloads = [_seed_payload(0, {"dhspg 0.58": -0.1}),
+                _seed_payload(1, {"dhspg 0.58": 1.7}, scratch={"dhspg 0.58": 0.7}),
+                _seed_payload(2, {"dhspg 0.58": 0.6}, scratch={"dhspg 0.58": 0.2})]
+    check_same_budget(payloads)  # controls add runs; the DHSPG runs compare
+    (only,) = summarize(payloads)
+    assert only["scratch_drop_points"] == {1: 0.7, 2: 0.2}
+    assert only["mean_scratch_drop_points"] == pytest.approx(0.45)
+    assert "1: +0.70, 2: +0.20 (+0.45)" in _markdown(payloads, [only])
 
 
 def test_demonet_seeds_refuses_other_budgets_and_repeated_seeds(capsys):

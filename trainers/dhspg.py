@@ -284,7 +284,7 @@ class DHSPG(torch.optim.Optimizer):
         Multi-tensor (``_foreach``) updates. The keep mask rides in the add (addcmul costs what
         add does), and only parameters with a shrinking or newly projected row are touched a
         second time (a ZIG projected last step is 0 already): the step stays close to SGD's
-        memory traffic. Once the redundant set is 0, that is SGD's step exactly."""
+        memory traffic. Once the redundant set is 0, it is the plain step with those rows at 0."""
         factor = shrink.masked_fill(project & ~self._zeroed, 0)
         factors = self.zig.broadcast(factor, 1.0)
         scaled = self.zig.touched(factor != 1)
