@@ -10,7 +10,7 @@ the latter also with its per-step sums compiled (``compile_stats``; compiled bef
 Two phases of a run are timed. "pushing": fresh weights, the redundant ZIGs are being pushed
 towards zero (DHSPG sweeps its per-ZIG sums every step). "zeroed": half of the ZIGs are already
 exactly zero and form the redundant set, as in a DemoNet run after its first epoch, i.e. most
-of a run's steps; between choices DHSPG then takes the plain step and refills the zero rows.
+of a run's steps; between choices DHSPG then takes the plain step with those rows held at 0.
 
     python benchmarks/optimizer_overhead.py [--steps 20] [--size 64] [--batch 8 32]
         [--phases pushing zeroed]
