@@ -294,7 +294,8 @@ def test_torchrun_two_processes(mlpnet, synthetic, tmp_path):
                "--device", "cpu", "-o", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # the head names a rank's own failure (e.g. an abort at exit); the tail is torchrun's
+    assert done.returncode == 0, done.stderr[:1500] + "\n...\n" + done.stderr[-1500:]
     for name in FILES.values():
         assert (out / name).is_file(), name
     metrics = json.loads((out / FILES["metrics"]).read_text())
