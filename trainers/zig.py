@@ -202,8 +202,10 @@ class ZigIndex:
             return torch.zeros(0, dtype=dtype or torch.float32, device=self.device)
         return self._sum_rows(torch.cat([row_values(e) for e in self.entries], dim=-1), dtype)
 
-    def _sum_rows(self, values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        rows, _, _ = self._all_rows
+    def _sum_rows(self, values: torch.Tensor, dtype: torch.dtype | None = None, *,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-ZIG totals of per-row ``values`` laid out as ``rows`` (default: entry order)."""
+        rows = self._all_rows[0] if rows is None else rows
         out = values.new_zeros((*values.shape[:-1], self.num_groups + 1), dtype=dtype)
         out.index_add_(-1, rows, values.to(out.dtype))
         return out[..., :-1]
@@ -220,10 +222,27 @@ class ZigIndex:
         ``compiled`` uses ``compiled_row_stats``."""
         if not self.entries:
             return tuple(torch.zeros(3, 0, device=self.device))
-        kernel = compiled_row_stats() if compiled else _all_row_stats
-        values = kernel([e.view3(a[e.name]) for e in self.entries],
-                        [e.view3(b[e.name]) for e in self.entries])
-        return tuple(self._sum_rows(values))
+        blocks, vectors, rows = self._stats_layout
+        parts = []
+        if blocks:
+            kernel = compiled_row_stats() if compiled else _all_row_stats
+            parts.append(kernel([e.view3(a[e.name]) for e in blocks],
+                                [e.view3(b[e.name]) for e in blocks]))
+        if vectors:
+            x = torch.cat([a[e.name].reshape(-1) for e in vectors])
+            y = torch.cat([b[e.name].reshape(-1) for e in vectors])
+            parts.append(torch.stack([x * x, x * y, y * y]))
+        return tuple(self._sum_rows(torch.cat(parts, dim=1), rows=rows))
+
+    @cached_property
+    def _stats_layout(self) -> tuple[list[ParamEntries], list[ParamEntries], torch.Tensor]:
+        """``pair_stats``' order: entries with several elements a row, then the one-element-a-row
+        vectors (BN scales and shifts, biases), whose sums take three ops for all of them
+        together instead of a few calls each (ResNet-50 has 106, ~3 ms a step); and the ZIG
+        id of every row in that order."""
+        blocks = [e for e in self.entries if e.shape3[0] * e.shape3[2] > 1]
+        vectors = [e for e in self.entries if e.shape3[0] * e.shape3[2] == 1]
+        return blocks, vectors, torch.cat([e.rows for e in blocks + vectors])
 
     @torch.no_grad()
     def group_sq_norms(self, tensors: Tensors | None = None) -> torch.Tensor:
