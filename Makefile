@@ -42,7 +42,7 @@ bench: $(STAMP) data
 	$(PY) benchmarks/optimizer_overhead.py
 
 # The committed DemoNet runs: target 0.58 met the goal at seed 0; SEED=1 (or 2) TARGETS=0.58 are
-# replications that did not; LAM_HAT=100 (a slower push) runs seeds 1 and 2 again (copy
+# replications that did not; LAM_HAT=100 (a slower push) runs seeds 0, 1 and 2 again (copy
 # out/demonet_seedN/baseline into out/demonet_seedN_hat100 to reuse the baseline). About 40
 # minutes a training on a 2-core CPU (5 trainings by default). Killed? Run it again: it resumes.
 bench-demonet: $(STAMP) data

@@ -24,8 +24,9 @@ is larger than the 0.2-point goal, so a single run cannot settle a 0.2-point dif
 The goal was met (point estimate) on 24,000 images x 8 epochs with --lr 5e-3 --warmup-epochs 0
 at target 0.58 and seed 0, but not at --seed 1 or 2 (drops 1.74 and 0.62 points): between seeds
 the drop varies far more than its test-set error (benchmarks/demonet_seeds.py). Their widths
-trained from scratch drop 0.74 and 0.48 points; --lam-hat 100 (a slower push to the same
-widths) drops 0.80 and 0.64 (1.74 and 0.62 at the default 1000).
+trained from scratch drop 0.74 and 0.48 points; --lam-hat 100 (a slower push) drops 0.80,
+0.80 and 0.64 at seeds 0, 1 and 2 (-0.08, 1.74 and 0.62 at the default 1000): the same mean
+with far less spread. Seed 0's widths at --lam-hat 100 drop 0.10 from scratch.
 `make bench-demonet [SEED=1 TARGETS=0.58]` repeats those runs.
 
 --scratch-controls trains each target's slim architecture from a fresh initialization on the
