@@ -10,12 +10,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import trainers.zig
 from models.zoo import build
 from onnxoto.groups import Group, IndexMap, Member, check_masks
 from onnxoto.masking import zero_channels
 from onnxoto.partition import partition
 from trainers.dhspg import DHSPG, STALLED, DHSPGOptions, redundant_lambdas
-from trainers.zig import ZigIndex, build_zig_index
+from trainers.zig import ZigIndex, build_zig_index, row_stats
 
 STEPS = 600
 OPTIONS = dict(lr=0.1, momentum=0.9, warmup_steps=50, period=100, epsilon=0.5)
@@ -157,6 +158,23 @@ def test_pair_stats_match_element_reference(compiled):
     assert got.shape == (3, zig.num_groups)
     torch.testing.assert_close(got.double(), _slow_pair_stats(zig, params, directions),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 5, 40], ids=lambda n: f"{n}-row chunks")
+def test_chunked_row_stats_match_one_pass(monkeypatch, chunk_rows):
+    """A large CPU parameter is summed a chunk of rows at a time (the last chunk partial); one
+    under two chunks in one pass."""
+    torch.manual_seed(2)
+    a, b = torch.randn(1, 10, 24), torch.randn(1, 10, 24)
+    expected = torch.stack([(a.double() ** 2).sum((0, 2)), (a.double() * b).sum((0, 2)),
+                            (b.double() ** 2).sum((0, 2))])
+    monkeypatch.setattr(trainers.zig, "CHUNK_BYTES", chunk_rows * 24 * 4)
+    chunked = trainers.zig._chunked_row_stats
+    calls = []
+    monkeypatch.setattr(trainers.zig, "_chunked_row_stats",
+                        lambda *args: calls.append(1) or chunked(*args))
+    torch.testing.assert_close(row_stats(a, b).double(), expected, rtol=1e-5, atol=1e-6)
+    assert len(calls) == (chunk_rows <= 5)
 
 
 def test_overlapping_groups_refused():
