@@ -163,11 +163,11 @@ def test_pair_stats_match_element_reference(compiled):
 @pytest.mark.parametrize("chunk_rows", [1, 3, 5, 40], ids=lambda n: f"{n}-row chunks")
 def test_chunked_row_stats_match_one_pass(monkeypatch, chunk_rows):
     """A large CPU parameter is summed a chunk of rows at a time (the last chunk partial); one
-    under two chunks in one pass."""
+    under two chunks in one pass. A parameter that requires grad is fine (no autograd)."""
     torch.manual_seed(2)
-    a, b = torch.randn(1, 10, 24), torch.randn(1, 10, 24)
+    a, b = torch.randn(1, 10, 24, requires_grad=True), torch.randn(1, 10, 24)
     expected = torch.stack([(a.double() ** 2).sum((0, 2)), (a.double() * b).sum((0, 2)),
-                            (b.double() ** 2).sum((0, 2))])
+                            (b.double() ** 2).sum((0, 2))]).detach()
     monkeypatch.setattr(trainers.zig, "CHUNK_BYTES", chunk_rows * 24 * 4)
     chunked = trainers.zig._chunked_row_stats
     calls = []
