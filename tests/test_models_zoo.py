@@ -303,12 +303,14 @@ def test_demonet_drop_error_is_paired_when_both_runs_stored_their_answers():
 
 def test_demonet_architectures_train_the_given_widths(tmp_path, monkeypatch, capsys):
     """--architectures builds DemoNet at exactly the widths given and trains it densely (target
-    0) in its own run folder; a malformed item stops the parser with a message naming it."""
+    0) in its own run folder, also with no DHSPG target; a malformed item stops the parser with
+    a message naming it."""
     import benchmarks.otov2_demonet as bench
     import trainers.train
 
     args = bench._parser().parse_args(["--architectures", "64,100,12,10", "8,4,2,1"])
     assert args.architectures == [(64, 100, 12, 10), (8, 4, 2, 1)]
+    assert bench._parser().parse_args(["--targets", "--architectures", "8,4,2,1"]).targets == []
     calls = []
     monkeypatch.setattr(trainers.train, "run_dhspg",
                         lambda model, options, log: calls.append((model, options)) or {})
