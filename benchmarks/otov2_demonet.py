@@ -304,9 +304,10 @@ def _plot(rows: list[dict[str, Any]], budget: str, path: Path,
     ax.errorbar([base["macs_pct"]], [base["top1"]], yerr=[base["top1_se"]], fmt="s",
                 color="black", capsize=3, label="our baseline (target 0), ± SE", zorder=3)
     pruned = rows[1:]
-    ax.errorbar([r["macs_pct"] for r in pruned], [r["top1"] for r in pruned],
-                yerr=[r["top1_se"] for r in pruned], fmt="o-", color="tab:blue", capsize=3,
-                label="our DHSPG, ± SE", zorder=3)
+    if pruned:
+        ax.errorbar([r["macs_pct"] for r in pruned], [r["top1"] for r in pruned],
+                    yerr=[r["top1_se"] for r in pruned], fmt="o-", color="tab:blue", capsize=3,
+                    label="our DHSPG, ± SE", zorder=3)
     for r in pruned:
         ax.annotate(f"target {r['target_group_sparsity']:g}", (r["macs_pct"], r["top1"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
