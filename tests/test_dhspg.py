@@ -132,6 +132,26 @@ def test_inner_axis_member_and_blocks():
                                torch.stack([4 * expected[1], 9 * expected[6]]).float())
 
 
+def test_touched_and_broadcast_subsets():
+    """``touched`` finds, per mask, exactly the parameters holding a row of a True ZIG (one
+    host sync for all masks); ``broadcast`` to a subset gives those parameters' per-row values."""
+    groups, params = _toy_groups()
+    params["v"] = torch.nn.Parameter(torch.randn(4, 5))
+    groups.append(Group(2, 5, True, None, [Member("v", 1, "producer")]))
+    zig = build_zig_index(groups, params)  # ZIGs 0-1: w rows 0-1 and b; 2-6: v's columns
+    none, only_v, both = (torch.zeros(7, dtype=torch.bool) for _ in range(3))
+    only_v[4] = True
+    both[[1, 6]] = True
+    got = zig.touched(none, only_v, both)
+    assert [[e.name for e in hit] for hit in got] == [[], ["v"], ["w", "b", "v"]]
+    per_zig = torch.arange(7, dtype=torch.float32)
+    subset = zig.broadcast(per_zig, -1.0, got[1])
+    assert list(subset) == ["v"] and subset["v"].tolist() == [[2.0, 3.0, 4.0, 5.0, 6.0]]
+    full = zig.broadcast(per_zig, -1.0)
+    assert full["w"].view(-1).tolist() == [0.0, 1.0, -1.0, -1.0, -1.0, -1.0]
+    assert torch.equal(full["v"], subset["v"])
+
+
 def _slow_pair_stats(zig: ZigIndex, a: dict, b: dict) -> torch.Tensor:
     """Per-ZIG <a,a>, <a,b>, <b,b> from element indices, in float64 (Tensor[3, K])."""
     out = torch.zeros(3, zig.num_groups, dtype=torch.float64)

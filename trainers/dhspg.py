@@ -218,8 +218,10 @@ class DHSPG(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        lr = self.param_groups[0]["lr"]
-        keeps = {} if self.in_warmup else self.zig.broadcast((~self._zeroed).float(), 1.0)
+        lr, opt = self.param_groups[0]["lr"], self.options
+        stateful = opt.variant == "adam" or opt.momentum
+        keeps = (self.zig.broadcast((~self._zeroed).float(), 1.0)
+                 if stateful and not self.in_warmup else {})
         directions = {}
         for name, p in self.named.items():
             d = self._direction(name, p, keeps.get(name, 1.0))
@@ -286,16 +288,16 @@ class DHSPG(torch.optim.Optimizer):
         second time (a ZIG projected last step is 0 already): the step stays close to SGD's
         memory traffic. Once the redundant set is 0, it is the plain step with those rows at 0."""
         factor = shrink.masked_fill(project & ~self._zeroed, 0)
-        factors = self.zig.broadcast(factor, 1.0)
-        scaled = self.zig.touched(factor != 1)
+        scaled, projected = self.zig.touched(factor != 1, project)
         if scaled:
+            factors = self.zig.broadcast(factor, 1.0, scaled)
             torch._foreach_mul_([e.param for e in scaled], [factors[e.name] for e in scaled])
-        masked = {e.name for e in self.zig.touched(project)}
+        masked = {e.name for e in projected}
         plain = [n for n in directions if n not in masked]
         torch._foreach_add_([self.named[n] for n in plain], [directions[n] for n in plain],
                             alpha=-lr)
         if masked:  # -lr folded into the mask: x + d * (-lr) rounds as add's x + (-lr) * d
-            steps = self.zig.broadcast((~project).to(factor.dtype) * -lr, -lr)
+            steps = self.zig.broadcast((~project).to(factor.dtype) * -lr, -lr, projected)
             torch._foreach_addcmul_([self.named[n] for n in masked],
                                     [directions[n] for n in masked],
                                     [steps[n] for n in masked])

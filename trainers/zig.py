@@ -201,14 +201,25 @@ class ZigIndex:
         rows = torch.cat([e.rows for e in self.entries]) if self.entries else None
         return rows, [e.rows.numel() for e in self.entries], shapes
 
-    def broadcast(self, per_zig: torch.Tensor, fill: float | bool) -> dict[str, torch.Tensor]:
-        """``ParamEntries.per_row`` for every parameter with one gather (step-time helper)."""
-        rows, counts, shapes = self._all_rows
+    @cached_property
+    def _row_spans(self) -> dict[str, tuple[int, int, list[int]]]:
+        """name -> (start, stop, broadcast shape) of its rows in ``_all_rows``' order."""
+        _, counts, shapes = self._all_rows
+        stops = np.cumsum(counts).tolist()
+        return {e.name: (stop - count, stop, shape) for e, count, stop, shape
+                in zip(self.entries, counts, stops, shapes, strict=True)}
+
+    def broadcast(self, per_zig: torch.Tensor, fill: float | bool,
+                  entries: Sequence[ParamEntries] | None = None) -> dict[str, torch.Tensor]:
+        """``ParamEntries.per_row`` for every parameter (or only ``entries``) with one gather
+        (step-time helper; views are made only for the parameters asked for)."""
+        rows = self._all_rows[0]
         if rows is None:
             return {}
         extended = torch.cat([per_zig, per_zig.new_full((1,), fill)])[rows]
-        return {e.name: part.view(shape) for e, part, shape
-                in zip(self.entries, extended.split(counts), shapes, strict=True)}
+        spans = self._row_spans
+        return {e.name: extended[spans[e.name][0]:spans[e.name][1]].view(spans[e.name][2])
+                for e in (self.entries if entries is None else entries)}
 
     @cached_property
     def _entry_of_row(self) -> torch.Tensor:
@@ -216,16 +227,20 @@ class ZigIndex:
         return torch.repeat_interleave(torch.arange(len(self.entries), device=self.device),
                                        torch.tensor(counts, device=self.device))
 
-    def touched(self, per_zig: torch.Tensor) -> list[ParamEntries]:
-        """The entries with at least one row whose ZIG is True in ``per_zig`` (BoolTensor[K]),
-        found with one reduction and one host sync rather than a check per parameter."""
-        rows, _, _ = self._all_rows
+    def touched(self, *per_zig: torch.Tensor) -> list[list[ParamEntries]]:
+        """For each BoolTensor[K] mask, the entries with at least one row whose ZIG is True,
+        found for all masks with one gather, one reduction and one host sync rather than a
+        check per parameter."""
+        rows = self._all_rows[0]
         if rows is None:
-            return []
-        hits = torch.cat([per_zig, per_zig.new_zeros(1)])[rows].to(torch.int32)
-        per_entry = torch.zeros(len(self.entries), dtype=torch.int32, device=self.device)
-        per_entry.index_add_(0, self._entry_of_row, hits)
-        return [e for e, count in zip(self.entries, per_entry.tolist(), strict=True) if count]
+            return [[] for _ in per_zig]
+        masks = torch.stack(per_zig)
+        hits = torch.cat([masks, masks.new_zeros(len(per_zig), 1)], dim=1)[:, rows]
+        per_entry = torch.zeros(len(per_zig), len(self.entries), dtype=torch.int32,
+                                device=self.device)
+        per_entry.index_add_(1, self._entry_of_row, hits.to(torch.int32))
+        return [[e for e, count in zip(self.entries, counts, strict=True) if count]
+                for counts in per_entry.tolist()]
 
     def _scatter(self, row_values: Callable[[ParamEntries], torch.Tensor],
                  dtype: torch.dtype | None = None) -> torch.Tensor:
