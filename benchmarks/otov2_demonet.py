@@ -28,7 +28,9 @@ trained from scratch drop 0.74 and 0.48 points; --lam-hat 100 (a slower push) dr
 0.80 and 0.64 at seeds 0, 1 and 2 (-0.08, 1.74 and 0.62 at the default 1000): the same mean
 with far less spread. Seed 0's widths at --lam-hat 100 drop 0.10 from scratch. At 16 epochs
 (seed 1, --targets with no value) the baseline gains 1.8 points and seed 1's widths from scratch
-drop 1.06 (0.74 at 8 epochs): a longer budget favours the wide network.
+drop 1.06 (0.74 at 8 epochs): a longer budget favours the wide network. Three other shapes at
+the same cost (--architectures 48,48,115,10 32,64,120,10 64,64,58,10; seed 1, 8 epochs) drop
+1.20-1.46 from scratch, more than the widths DHSPG chose.
 `make bench-demonet [SEED=1 TARGETS=0.58]` repeats those runs.
 
 --scratch-controls trains each target's slim architecture from a fresh initialization on the
