@@ -217,9 +217,11 @@ class ZigIndex:
         if rows is None:
             return {}
         extended = torch.cat([per_zig, per_zig.new_full((1,), fill)])[rows]
-        spans = self._row_spans
-        return {e.name: extended[spans[e.name][0]:spans[e.name][1]].view(spans[e.name][2])
-                for e in (self.entries if entries is None else entries)}
+        views = {}
+        for e in self.entries if entries is None else entries:
+            start, stop, shape = self._row_spans[e.name]
+            views[e.name] = extended[start:stop].view(shape)
+        return views
 
     @cached_property
     def _entry_of_row(self) -> torch.Tensor:
