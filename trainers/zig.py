@@ -7,8 +7,9 @@ A producer member is a whole slice along one axis, so each parameter is indexed 
 ZIG id of every index along that axis (``K``, a spill slot, where no ZIG owns it). Per-ZIG sums
 are then a reduction over the other axes plus one ``index_add_`` of ``S`` row sums, and per-ZIG
 factors reach the elements by broadcasting ``factor[rows]``: no Python loop over ZIGs and no
-per-element index tensors on the hot path (on ResNet-50, element indices made a step 30x slower
-than SGD on CPU). Element indices are still available (``flat``, ``zig``) for checks.
+per-element index tensors on the hot path (gathering by element indices costs a pass over index
+tensors as large as the weights). Element indices are still available (``flat``, ``zig``) for
+checks.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ Tensors = Mapping[str, torch.Tensor]
 
 def _rows(view: torch.Tensor) -> tuple[torch.Tensor, int | tuple[int, int]]:
     """A (before, S, after) view and the dims that sum it per row. When ``before`` is 1 the
-    rows are contiguous and reducing dim 1 of the 2-D view is ~2x faster on CPU."""
+    rows are contiguous, and reducing dim 1 of the 2-D view is the faster kernel on CPU."""
     return (view[0], 1) if view.shape[0] == 1 else (view, (0, 2))
 
 
 def _sq_norm(view: torch.Tensor) -> torch.Tensor:
-    """Per-row squared norms via ``vector_norm``: no temporary, 4-8x faster than x * x summed."""
+    """Per-row squared norms via ``vector_norm``: no temporary as large as the parameter."""
     rows, dims = _rows(view)
     return torch.linalg.vector_norm(rows, dim=dims).square()
 
@@ -57,8 +58,8 @@ def row_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     A large CPU tensor with contiguous rows (``before`` 1, at least two chunks) goes
     ``CHUNK_BYTES`` of rows at a time: the <a,b> product then sits in a reused buffer that stays
     in the core's L2 cache instead of a temporary as large as the parameter, and the second norm
-    reads its rows back from cache. On ResNet-50 at 2 threads DHSPG's pushing step is 2-3 ms
-    (6-9 %) faster (1 MB was the best of 0.25-2 MB); on CUDA one call per sum is cheap already."""
+    reads its rows back from cache (the chunk size and its effect are measured in
+    benchmarks/README.md); on CUDA one call per sum is cheap already."""
     if (a.device.type == "cpu" and a.shape[0] == 1
             and a.numel() * a.element_size() >= 2 * CHUNK_BYTES):
         return _chunked_row_stats(a[0], b[0])
@@ -98,8 +99,8 @@ def _fused_all_row_stats(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.
 def compiled_row_stats() -> Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]:
     """``_all_row_stats`` as one torch.compile'd graph: one pass over both tensors and no
     temporary for <a,b> (eager allocates a product as large as the parameter), and one call
-    for all parameters (per-call overhead of compiled code is ~0.1 ms). Compiles on first call
-    (~25 s for ResNet-50 on CPU; needs a C++ compiler) and again for new parameter shapes."""
+    for all parameters (compiled code has a per-call overhead). Compiles on first call (seconds
+    for a large model; needs a C++ compiler on CPU) and again for new parameter shapes."""
     return torch.compile(_fused_all_row_stats, dynamic=False)
 
 
@@ -289,7 +290,7 @@ class ZigIndex:
     def _stats_layout(self) -> tuple[list[ParamEntries], list[ParamEntries], torch.Tensor]:
         """``pair_stats``' order: entries with several elements a row, then the one-element-a-row
         vectors (BN scales and shifts, biases), whose sums take three ops for all of them
-        together instead of a few calls each (ResNet-50 has 106, ~3 ms a step); and the ZIG
+        together instead of a few calls each (large CNNs have a hundred of them); and the ZIG
         id of every row in that order."""
         blocks = [e for e in self.entries if e.shape3[0] * e.shape3[2] > 1]
         vectors = [e for e in self.entries if e.shape3[0] * e.shape3[2] == 1]
