@@ -1,9 +1,9 @@
 """DemoNet results of several seeds side by side: the drop of each DHSPG target per seed, and its
 mean over seeds with the spread between them.
 
-One seed's drop carries a test-set error (about 0.3 points on 5,000 images), but seeds also
-differ in initialization and data order; measured at target 0.58 the drops of seeds 0, 1 and 2
-were -0.08, +1.74 and +0.62 points. Only the mean over seeds says whether the 0.2-point goal holds.
+One seed's drop carries a test-set error, but seeds also differ in initialization and data
+order, and between seeds the drop varies more than that error: only the mean over seeds says
+whether the 0.2-point goal holds.
 
     python benchmarks/demonet_seeds.py otov2_demonet_24k_lr5_warmup0 \
         otov2_demonet_24k_lr5_warmup0_seed1 [...] [--results-name NAME] [--no-write]

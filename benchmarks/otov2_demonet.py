@@ -14,24 +14,13 @@ plain SGD/Adam step (see trainers/dhspg.py) and shrink removes nothing.
         [--architectures C1,C2,C5,G1 ...]
         [--finetune-epochs 0] [--finetune-targets 0.6] [--finetune-lr 1e-3] [--no-write]
 
-Defaults were tuned on 2,000 training images: Adam at 2e-3 with batch 32 learned DemoNet fastest
-of what was tried (SGD without momentum diverged), and epsilon 0.9 zeroes the redundant groups
-within the few hundred steps a CPU budget allows (0.5 reached 4% group sparsity where 0.9
-reached 35% after 125 steps). With a constant rate the test accuracy of the last epoch swung by
-up to 20 points between epochs, so the rate decays to 0 (cosine) and the runs end settled. Each
-accuracy is shown with its binomial standard error: on a test subset of a few thousand images it
-is larger than the 0.2-point goal, so a single run cannot settle a 0.2-point difference.
-The goal was met (point estimate) on 24,000 images x 8 epochs with --lr 5e-3 --warmup-epochs 0
-at target 0.58 and seed 0, but not at --seed 1 or 2 (drops 1.74 and 0.62 points): between seeds
-the drop varies far more than its test-set error (benchmarks/demonet_seeds.py). Their widths
-trained from scratch drop 0.74 and 0.48 points; --lam-hat 100 (a slower push) drops 0.80,
-0.80 and 0.64 at seeds 0, 1 and 2 (-0.08, 1.74 and 0.62 at the default 1000): the same mean
-with far less spread. Seed 0's widths at --lam-hat 100 drop 0.10 from scratch. At 16 epochs
-(seed 1, --targets with no value) the baseline gains 1.8 points and seed 1's widths from scratch
-drop 1.06 (0.74 at 8 epochs): a longer budget favours the wide network. Three other shapes at
-the same cost (--architectures 48,48,115,10 32,64,120,10 64,64,58,10; seed 1, 8 epochs) drop
-1.20-1.46 from scratch, more than the widths DHSPG chose.
-`make bench-demonet [SEED=1 TARGETS=0.58]` repeats those runs.
+Adam with a cosine decay to 0 is the default because a constant rate left the last epoch's
+accuracy swinging between epochs, and epsilon 0.9 zeroes the redundant groups within the few
+hundred steps a CPU budget allows. Each accuracy is shown with its binomial standard error, and
+a drop with its paired error when both runs recorded their per-image results: on a test subset
+of a few thousand images a single run cannot settle a 0.2-point difference, and seeds differ
+more than that (benchmarks/demonet_seeds.py). What the runs showed: benchmarks/README.md.
+`make bench-demonet [SEED=1 TARGETS=0.58]` repeats the runs it cites.
 
 --scratch-controls trains each target's slim architecture from a fresh initialization on the
 same budget, which splits a drop into what the smaller network costs and what DHSPG's path to it
