@@ -35,13 +35,31 @@ class Edit(Protocol):
 
 
 class Rule:
-    """Base rule: subclasses set ``op_types`` and implement ``trace``."""
+    """Base rule: subclasses set ``op_types`` and implement ``follow`` (or ``trace``).
+
+    Most ops carry the channels of their first input: ``trace`` opens with that input's space,
+    stops when it carries none (nothing to follow), barriers when ``needs_rank`` and the rank
+    is unknown, and hands the rest to ``follow``. Rules with another opening (stems, joins,
+    Concat) override ``trace`` itself.
+    """
 
     op_types: tuple[str, ...] = ()
     min_opset: int = 1
     max_opset: int = MAX_OPSET
+    needs_rank: bool = False
 
     def trace(self, node: onnx.NodeProto, ctx: Tracer) -> None:
+        space = ctx.space(input_at(node, 0))
+        if space is None:
+            return
+        rank = ctx.rank(node.input[0])
+        if self.needs_rank and rank is None:
+            barrier(node, ctx, "has unknown rank")
+            return
+        self.follow(node, ctx, space, rank)
+
+    def follow(self, node: onnx.NodeProto, ctx: Tracer, space: Space, rank: int | None) -> None:
+        """Map ``space`` (the channels of input 0, of rank ``rank``) through the node."""
         raise NotImplementedError
 
     def rewrite(self, node: onnx.NodeProto, edit: Edit) -> None:
@@ -91,11 +109,9 @@ def broadcast_extent(shape: Sequence, out_axis: int, out_rank: int) -> tuple[int
     return own, shape[own]
 
 
-def pass_through(node: onnx.NodeProto, ctx: Tracer, *, dirt: str | None = None) -> None:
-    """Output 0 carries input 0's channels unchanged; ``dirt`` says why zero becomes non-zero."""
-    space = ctx.space(node.input[0])
-    if space is None:
-        return
+def pass_through(node: onnx.NodeProto, ctx: Tracer, space: Space, *,
+                 dirt: str | None = None) -> None:
+    """Output 0 carries ``space`` unchanged; ``dirt`` says why zero becomes non-zero."""
     if dirt:
         space = space.with_dirt(ctx.reason(f"{node_label(node)} {dirt}"))
     ctx.set_space(node.output[0], space)

@@ -25,8 +25,8 @@ class ZeroPreservingRule(Rule):
         "Softsign", "Mish", "ThresholdedRelu", "Sqrt", "Atan", "Asinh", "Tan", "Sinh",
     )
 
-    def trace(self, node, ctx):
-        pass_through(node, ctx)
+    def follow(self, node, ctx, space, rank):
+        pass_through(node, ctx, space)
 
 
 _VALUE_AT_ZERO = {
@@ -50,8 +50,8 @@ class NonZeroAtZeroRule(Rule):
 
     op_types = tuple(_VALUE_AT_ZERO)
 
-    def trace(self, node, ctx):
-        pass_through(node, ctx, dirt=f"maps 0 to {_VALUE_AT_ZERO[node.op_type]}")
+    def follow(self, node, ctx, space, rank):
+        pass_through(node, ctx, space, dirt=f"maps 0 to {_VALUE_AT_ZERO[node.op_type]}")
 
 
 class ClipRule(Rule):
@@ -59,7 +59,7 @@ class ClipRule(Rule):
 
     op_types = ("Clip",)
 
-    def trace(self, node, ctx):
+    def follow(self, node, ctx, space, rank):
         a = attrs(node)
         low = _scalar(ctx, input_at(node, 1), a.get("min", -np.inf))
         high = _scalar(ctx, input_at(node, 2), a.get("max", np.inf))
@@ -67,7 +67,7 @@ class ClipRule(Rule):
             barrier(node, ctx, "has run-time clip bounds")
             return
         dirt = None if low <= 0 <= high else f"clips 0 into [{low}, {high}]"
-        pass_through(node, ctx, dirt=dirt)
+        pass_through(node, ctx, space, dirt=dirt)
 
 
 def _scalar(ctx: Tracer, name: str, default: float) -> float | None:
@@ -82,10 +82,7 @@ class PReluRule(Rule):
 
     op_types = ("PRelu",)
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         out_rank, slope = ctx.rank(node.output[0]), node.input[1]
         shape = ctx.shape(slope)
         if out_rank is None or shape is None:
@@ -109,10 +106,7 @@ class PoolRule(Rule):
         "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
     )
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         if space.axis != 1:
             barrier(node, ctx, "pools a tensor whose channels are not on axis 1")
             return

@@ -110,11 +110,8 @@ class FlattenRule(Rule):
 
     op_types = ("Flatten",)
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is not None:
-            ctx.set_space(node.output[0],
-                          _map_through(node, ctx, space, ctx.shape(node.output[0])))
+    def follow(self, node, ctx, space, rank):
+        ctx.set_space(node.output[0], _map_through(node, ctx, space, ctx.shape(node.output[0])))
 
 
 class ReshapeRule(Rule):
@@ -122,10 +119,7 @@ class ReshapeRule(Rule):
 
     op_types = ("Reshape",)
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         target = ctx.const(node.input[1])
         out = _map_through(node, ctx, space, ctx.shape(node.output[0]))
         if out is None:
@@ -220,15 +214,9 @@ class TransposeRule(Rule):
     """Transpose moves the channel axis to perm.index(axis)."""
 
     op_types = ("Transpose",)
+    needs_rank = True
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
-        if rank is None:
-            barrier(node, ctx, "has unknown rank")
-            return
+    def follow(self, node, ctx, space, rank):
         perm = list(attrs(node).get("perm", reversed(range(rank))))
         ctx.set_space(node.output[0], space.on_axis(perm.index(space.axis)))
 
@@ -238,11 +226,8 @@ class SqueezeRule(Rule):
 
     op_types = ("Squeeze", "Unsqueeze")
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is None:
-            return
-        in_shape, rank = ctx.shape(node.input[0]), ctx.rank(node.input[0])
+    def follow(self, node, ctx, space, rank):
+        in_shape = ctx.shape(node.input[0])
         axes = ints_from(node, ctx, "axes", 1)
         if rank is None or (axes is None and input_at(node, 1)):
             barrier(node, ctx, "has run-time axes or unknown rank")
@@ -318,15 +303,9 @@ class SplitRule(Rule):
     """Split on the channel axis hands each output a range; split sizes are rewritten."""
 
     op_types = ("Split",)
+    needs_rank = True
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
-        if rank is None:
-            barrier(node, ctx, "has unknown rank")
-            return
+    def follow(self, node, ctx, space, rank):
         axis = normalize_axis(int(attrs(node).get("axis", 0)), rank)
         outputs = [o for o in node.output]
         if axis != space.axis:
@@ -377,11 +356,7 @@ class SliceRule(Rule):
 
     op_types = ("Slice",)
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         params = _slice_params(node, ctx, rank)
         if params is None:
             barrier(node, ctx, "slices by run-time bounds")
@@ -436,11 +411,7 @@ class PadRule(Rule):
 
     op_types = ("Pad",)
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         pads = ints_from(node, ctx, "pads", 1)
         if pads is None or rank is None:
             barrier(node, ctx, "pads by run-time amounts")
@@ -459,7 +430,7 @@ class PadRule(Rule):
             fill = None if value is None else float(np.asarray(value).reshape(-1)[0])
         constant_mode = a.get("mode", b"constant") in (b"constant", "constant")
         dirt = "pads with a non-zero value" if constant_mode and fill != 0 else None
-        pass_through(node, ctx, dirt=dirt)
+        pass_through(node, ctx, space, dirt=dirt)
 
 
 class ResizeRule(Rule):
@@ -467,10 +438,7 @@ class ResizeRule(Rule):
 
     op_types = ("Resize", "Upsample")
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
         if in_shape is None or out_shape is None or not isinstance(out_shape[space.axis], int):
             barrier(node, ctx, "has shapes unknown before run time")
@@ -486,7 +454,7 @@ class ResizeRule(Rule):
                                                              "tf_crop_and_resize")
         dirt = "fills outside its crop box with a non-zero value" if crops and \
             float(a.get("extrapolation_value", 0.0)) != 0 else None
-        pass_through(node, ctx, dirt=dirt)
+        pass_through(node, ctx, space, dirt=dirt)
 
 
 class ShapeOnlyRule(Rule):

@@ -15,10 +15,7 @@ class PerChannelNormRule(Rule):
 
     op_types = ("BatchNormalization", "InstanceNormalization")
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         if space.axis != 1:
             barrier(node, ctx, "normalizes axis 1 but the channels are elsewhere")
             return
@@ -39,11 +36,7 @@ class ChannelMixingNormRule(Rule):
     op_types = ("LayerNormalization", "GroupNormalization", "LpNormalization",
                 "MeanVarianceNormalization")
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         if rank is None or node.op_type != "LayerNormalization":
             barrier(node, ctx, "normalizes across channels (its statistics count them)")
             return
@@ -56,27 +49,21 @@ class ChannelMixingNormRule(Rule):
                     ctx.const_member(name, space.axis - first, "attached", space.slots, node)
             ctx.set_space(node.output[0], space)
             return
-        pass_through(node, ctx, dirt="normalizes a zero channel to its bias")
+        pass_through(node, ctx, space, dirt="normalizes a zero channel to its bias")
 
 
 class SoftmaxRule(Rule):
     """Softmax over the channel axis mixes channels; over another axis 0 becomes 1/n."""
 
     op_types = ("Softmax", "LogSoftmax", "Hardmax")
+    needs_rank = True
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
-        if rank is None:
-            barrier(node, ctx, "has unknown rank")
-            return
+    def follow(self, node, ctx, space, rank):
         axis = normalize_axis(int(attrs(node).get("axis", -1)), rank)
         if axis == space.axis:
             barrier(node, ctx, "normalizes over the channel axis")
             return
-        pass_through(node, ctx, dirt="maps a zero channel to a non-zero distribution")
+        pass_through(node, ctx, space, dirt="maps a zero channel to a non-zero distribution")
 
 
 class ReduceRule(Rule):
@@ -85,11 +72,7 @@ class ReduceRule(Rule):
     op_types = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
                 "ReduceSumSquare")
 
-    def trace(self, node, ctx):
-        space = ctx.space(node.input[0])
-        rank = ctx.rank(node.input[0])
-        if space is None:
-            return
+    def follow(self, node, ctx, space, rank):
         axes = ints_from(node, ctx, "axes", 1)
         a = attrs(node)
         if rank is None or (axes is None and len(node.input) > 1 and node.input[1]):
