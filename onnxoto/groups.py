@@ -187,18 +187,10 @@ def summarize(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) -> dict
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes through a temp file in the same folder, then rename: never a half file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write bytes through a staging file in the same folder, then rename: never a half file."""
+    from onnxoto.files import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
 
 
 def partition_to_json(groups: list[Group], model: Mapping, summary: Mapping) -> str:

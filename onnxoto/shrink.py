@@ -7,24 +7,24 @@ reference for validation is the full model with the removed channels' producers 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxoto.files import (  # noqa: F401  (moved to files.py; old imports keep working)
+    EXTERNAL_DATA_LIMIT,
+    save_model,
+    uses_external_data,
+)
 from onnxoto.graph import GraphView, ModelLike, infer_shapes, light_copy, load_model
 from onnxoto.groups import check_masks
 from onnxoto.masking import producer_norms, replace_tensor, tensor_protos, zero_channels
 from onnxoto.partition import Partition, opset_of, partition
 from onnxoto.rules import rule_for
 from onnxoto.validate import Comparison, compare
-
-EXTERNAL_DATA_LIMIT = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -234,29 +234,3 @@ class NodeEdit:
             name = f"{base}_{n}"
         self.used_names.add(name)
         return name
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
-               external: bool | None = None) -> None:
-    """Write atomically; weights go to ``<name>.data`` beside it when asked or when over ~2 GB."""
-    path = Path(path)
-    if external is None:
-        external = model.ByteSize() > EXTERNAL_DATA_LIMIT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        staged = Path(tmp) / path.name
-        if external:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            onnx.save_model(copy, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=f"{path.name}.data",
-                            size_threshold=1024)
-            os.replace(Path(tmp) / f"{path.name}.data", path.parent / f"{path.name}.data")
-        else:
-            onnx.save_model(model, str(staged))
-        os.replace(staged, path)
-
-
-def uses_external_data(path: str | os.PathLike) -> bool:
-    header = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)

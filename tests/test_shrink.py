@@ -124,14 +124,14 @@ def test_external_data_round_trip(zoo_cache, tmp_path):
     external = tmp_path / "big.onnx"
     model = onnx.load(path)
     save_model(model, external, external=True)
-    assert (tmp_path / "big.onnx.data").exists()
+    assert len(list(tmp_path.glob("big.onnx.*.data"))) == 1
     result = partition(external)
     masks = {g.id: np.arange(g.size) % 2 == 0 for g in result.prunable}
     outcome = shrink(external, masks, result=result)
     assert outcome.passed
     slim = tmp_path / "slim.onnx"
     save_model(outcome.model, slim, external=True)
-    assert (tmp_path / "slim.onnx.data").exists()
+    assert len(list(tmp_path.glob("slim.onnx.*.data"))) == 1
     reloaded = onnx.load(str(slim))
     assert measure(reloaded).params == measure(outcome.model).params
 

@@ -1,0 +1,196 @@
+"""Files onnxoto writes: resolved-path protection, output checks, atomic writes, the atomic
+external-data pair, staging cleanup after a kill."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.files import (
+    STAGING_PREFIX,
+    check_output_path,
+    clean_staging,
+    external_locations,
+    file_mode,
+    model_files,
+    refuse_clobber,
+    resolved,
+    save_model,
+    write_bytes_atomic,
+)
+from onnxoto.graph import load_model
+
+
+def tiny_model(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """x -> Conv(3 -> channels) -> Relu; the weight is over 1 KiB so it goes to external data."""
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32),
+                                     "w")
+    bias = numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             [1, channels, 8, 8])],
+                              [weight, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def weights(path) -> np.ndarray:
+    model = load_model(path)
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+
+
+def staging_left(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(STAGING_PREFIX))
+
+
+# --- which paths are the same file -------------------------------------------------------------
+
+def test_missing_folder_then_dotdot_is_the_input(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(OnnxotoError, match="model.onnx"):
+        refuse_clobber([model], [tmp_path / "nope" / ".." / "model.onnx"])
+    assert not (tmp_path / "nope").exists()
+    assert resolved(tmp_path / "nope" / ".." / "model.onnx") == resolved(model)
+
+
+def test_symlinked_folder_and_hard_link_are_the_input(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    model = real / "model.onnx"
+    model.write_bytes(b"x")
+    (tmp_path / "link").symlink_to(real)
+    os.link(model, tmp_path / "hard.onnx")
+    for alias in (tmp_path / "link" / "model.onnx", tmp_path / "hard.onnx",
+                  tmp_path / "link" / "sub" / ".." / "model.onnx"):
+        with pytest.raises(OnnxotoError, match="refusing to overwrite an input"):
+            refuse_clobber([model], [alias])
+    refuse_clobber([model], [tmp_path / "link" / "other.onnx"])
+
+
+def test_model_files_lists_external_data(tmp_path):
+    path = tmp_path / "m.onnx"
+    written = save_model(tiny_model(), path, external=True)
+    files = model_files(path)
+    assert files[0] == path and len(files) == 2 and files[1] == written.files[1]
+    with pytest.raises(OnnxotoError, match="same file as the input"):
+        refuse_clobber(model_files(path), [files[1]])
+    assert model_files(tmp_path / "missing.onnx") == [tmp_path / "missing.onnx"]
+
+
+# --- can the output be written -----------------------------------------------------------------
+
+def test_output_that_is_a_folder(tmp_path):
+    with pytest.raises(OnnxotoError, match="is a folder"):
+        check_output_path(tmp_path)
+    check_output_path(tmp_path, kind="folder")
+
+
+def test_output_under_a_file(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(OnnxotoError, match="is a file, not a folder"):
+        check_output_path(blocker / "deeper" / "slim.onnx")
+    with pytest.raises(OnnxotoError, match="is a file; give a folder"):
+        check_output_path(blocker, kind="folder")
+
+
+def read_only_folder(tmp_path):
+    """A folder where no file can be created: chmod works for users, not for root (then a
+    kernel file system that refuses new files even to root)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    return resolved("/sys")
+
+
+def test_output_in_read_only_folder(tmp_path):
+    folder = read_only_folder(tmp_path)
+    with pytest.raises(OnnxotoError, match="cannot write in"):
+        check_output_path(folder / "slim.onnx")
+    with pytest.raises(OnnxotoError, match="cannot write in"):
+        check_output_path(folder / "not" / "yet" / "slim.onnx")
+    check_output_path(tmp_path / "not" / "yet" / "slim.onnx")
+    assert not (tmp_path / "not").exists()
+    assert staging_left(tmp_path) == []
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+def test_write_bytes_atomic_mode_respects_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        written = write_bytes_atomic(tmp_path / "a.bin", b"hello")
+        assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o640 == file_mode()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").read_bytes() == b"hello" and written.bytes == 5
+    assert staging_left(tmp_path) == []
+
+
+def test_external_pair_data_file_is_new_and_same_mode(tmp_path):
+    path = tmp_path / "slim.onnx"
+    first = save_model(tiny_model(seed=0), path, external=True)
+    data_one = first.files[1]
+    assert data_one.name.startswith("slim.onnx.") and data_one.name.endswith(".data")
+    assert stat.S_IMODE(data_one.stat().st_mode) == stat.S_IMODE(path.stat().st_mode) == \
+        file_mode()
+    second = save_model(tiny_model(seed=1), path, external=True)
+    data_two = second.files[1]
+    assert data_two != data_one and not data_one.exists()
+    np.testing.assert_array_equal(weights(path), numpy_helper.to_array(
+        tiny_model(seed=1).graph.initializer[0]))
+    assert external_locations(path) == [data_two.name]
+    assert second.bytes == path.stat().st_size
+    save_model(tiny_model(seed=2), path, external=False)
+    assert not data_two.exists() and external_locations(path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slim.onnx"]
+
+
+def test_foreign_data_file_of_old_output_is_kept(tmp_path):
+    """An old output whose data file has another name may share it with another model."""
+    path = tmp_path / "slim.onnx"
+    onnx.save_model(tiny_model(), path, save_as_external_data=True, location="shared.bin",
+                    size_threshold=0)
+    save_model(tiny_model(seed=3), path, external=False)
+    assert (tmp_path / "shared.bin").exists()
+
+
+def test_killed_write_is_cleaned_by_the_next(tmp_path):
+    """A writer killed between its data rename and its commit leaves a fresh data file and its
+    journal; the next save into the folder removes both and keeps the good pair."""
+    path = tmp_path / "slim.onnx"
+    good = save_model(tiny_model(seed=0), path, external=True)
+    code = (
+        "import os, sys, onnxoto.files as f\n"
+        "from tests.test_files import tiny_model\n"
+        "real = os.replace\n"
+        "def replace(a, b):\n"
+        "    real(a, b)\n"
+        "    if str(b).endswith('.data'):\n"
+        "        os._exit(9)\n"
+        "f.os.replace = replace\n"
+        f"f.save_model(tiny_model(seed=5), {str(path)!r}, external=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), check=False)
+    assert proc.returncode == 9
+    assert len(staging_left(tmp_path)) >= 1
+    assert len(list(tmp_path.glob("slim.onnx.*.data"))) == 2
+    np.testing.assert_array_equal(weights(path), numpy_helper.to_array(
+        tiny_model(seed=0).graph.initializer[0]))
+    clean_staging(tmp_path)
+    assert staging_left(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slim.onnx", good.files[1].name]
