@@ -1,0 +1,260 @@
+"""WoodFisher: the blockwise inverse Fisher, unstructured and group OBS, the cubic schedule, and a
+structured prune that shrinks and validates."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from onnxoto.groups import Group, IndexMap, Member
+from onnxoto.masking import masks_from_zeros
+from onnxoto.partition import partition
+from onnxoto.shrink import shrink
+from trainers.binding import OnnxModule, write_back
+from trainers.woodfisher import (
+    BlockFisher,
+    BlockLayout,
+    CubicSchedule,
+    FisherOptions,
+    GradualPruner,
+    GroupOBS,
+    collect_gradients,
+    fisher_memory,
+    inverse_fisher,
+    inverse_fisher_rank1,
+    prune_groups,
+    prune_unstructured,
+    zig_axes,
+)
+from trainers.zig import build_zig_index
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _dense_inverse(grads: torch.Tensor, damping: float) -> torch.Tensor:
+    n, d = grads.shape[-2:]
+    fisher = damping * torch.eye(d, dtype=grads.dtype) + grads.transpose(-1, -2) @ grads / n
+    return torch.linalg.inv(fisher)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("n, d", [(5, 12), (12, 5), (30, 30)])
+@pytest.mark.parametrize("damping", [1e-3, 1e-5])
+def test_inverse_matches_dense_inverse(n, d, damping):
+    """Woodbury (N < d), direct (N >= d) and the rank-1 recursion all equal torch.linalg.inv of
+    the dense damped Fisher, batched over three blocks."""
+    grads = torch.randn(3, n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    reference = _dense_inverse(grads, damping)
+    assert _relative(inverse_fisher(grads, damping), reference) <= 1e-5
+    assert _relative(inverse_fisher_rank1(grads, damping), reference) <= 1e-5
+
+
+def test_layout_round_trip_and_blocks():
+    layout = BlockLayout({"t": (3, 4, 2)}, block_size=5, axes={"t": 1})
+    t = torch.arange(24.0).view(3, 4, 2)
+    flat = layout.flat("t", t)
+    assert flat[:6].tolist() == t[:, 0, :].reshape(-1).tolist(), "axis 1 goes first"
+    assert torch.equal(layout.unflat("t", flat), t)
+    assert [(b.start, b.stop) for b in layout.blocks("t")] == [(0, 5), (5, 10), (10, 15),
+                                                              (15, 20), (20, 24)]
+    batched = layout.flat("t", torch.stack([t, 2 * t]))
+    assert torch.equal(batched[1], 2 * flat)
+
+
+def test_fisher_memory_counts_blocks():
+    memory = fisher_memory({"a": (10, 10), "b": (30,)},
+                           FisherOptions(num_grads=7, block_size=40, dtype=torch.float64))
+    # a: blocks of 40, 40, 20; b: 30
+    assert memory["blocks"] == 4 and memory["weights"] == 130
+    assert memory["inverse"] == (40 * 40 * 2 + 20 * 20 + 30 * 30) * 8
+    assert memory["gradients"] == 7 * 130 * 4
+
+
+def test_gradients_are_mini_batch_means():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2, bias=False)
+    x, y = torch.randn(12, 3), torch.randint(0, 2, (12,))
+    params = dict(model.named_parameters())
+    options = FisherOptions(num_grads=3, mini_batch=4)
+    layout = BlockLayout.of(params, 4)
+    batches = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 12, 5)]  # 5, 5, 2: re-cut into 4s
+    loss = torch.nn.functional.cross_entropy
+    grads = collect_gradients(model, params, batches, loss, options, layout)["weight"]
+    for k in range(3):
+        expected = torch.autograd.grad(loss(model(x[4 * k:4 * k + 4]), y[4 * k:4 * k + 4]),
+                                       model.weight)[0]
+        torch.testing.assert_close(grads[k], expected.reshape(-1))
+
+
+def _quadratic(d: int, n: int, damping: float, seed: int = 0, shape: tuple[int, ...] = ()):
+    """A parameter w and a block Fisher whose dense matrix H is the Hessian of
+    L(v) = 1/2 (v - w)^T H (v - w): w is the minimum."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    w = torch.randn(d, dtype=torch.float64, generator=gen)
+    options = FisherOptions(num_grads=n, block_size=d, damping=damping)
+    layout = BlockLayout({"w": shape or (d,)}, d)
+    fisher = BlockFisher.from_gradients({"w": grads}, layout, options)
+    hessian = damping * torch.eye(d, dtype=torch.float64) + grads.T @ grads / n
+    return w, fisher, hessian
+
+
+def test_obs_update_is_exact_on_a_quadratic():
+    """Pruning one weight raises the quadratic loss by exactly its saliency, and no other
+    choice of the remaining weights does better."""
+    w, fisher, hessian = _quadratic(d=8, n=5, damping=1e-2)
+    inverse = torch.linalg.inv(hessian)
+    saliency = w.square() / (2 * inverse.diagonal())
+    params = {"w": w.clone()}
+    keep = prune_unstructured(params, 1 / 8, "woodfisher", fisher=fisher)
+    q = int(torch.argmin(saliency))
+    assert (~keep["w"]).nonzero().flatten().tolist() == [q]
+    assert params["w"][q] == 0
+    step = params["w"] - w
+    increase = 0.5 * step @ hessian @ step
+    torch.testing.assert_close(increase, saliency[q], rtol=1e-9, atol=0)
+    # without the update, zeroing costs more
+    plain = torch.zeros_like(w)
+    plain[q] = -w[q]
+    assert 0.5 * plain @ hessian @ plain > increase * 1.01
+
+
+def test_group_obs_is_exact_on_a_quadratic():
+    """A group of three weights: loss increase == rho_Q = 1/2 w_Q^T ([F^-1]_QQ)^-1 w_Q."""
+    w, fisher, hessian = _quadratic(d=9, n=4, damping=1e-2, seed=1, shape=(3, 3))
+    params = {"w": torch.nn.Parameter(w.clone().view(3, 3))}
+    zig = build_zig_index([Group(0, 3, True, None, [Member("w", 0, "producer")])], params)
+    obs = GroupOBS.compute(fisher, zig)
+    pruned = prune_groups(zig, 1 / 3, fisher=fisher)
+    (q,) = pruned.nonzero().flatten().tolist()
+    assert q == int(torch.argmin(obs.saliency))
+    assert (params["w"][q] == 0).all()
+    step = params["w"].detach().reshape(-1) - w
+    torch.testing.assert_close(0.5 * step @ hessian @ step, obs.saliency[q], rtol=1e-9, atol=0)
+
+
+def test_group_obs_with_one_element_groups_equals_unstructured():
+    """Groups of one weight each (two parameters, blocks of 4 straddling channels) prune the
+    same weights and make the same update as the unstructured pruner."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = {"a": (10,), "b": (7,)}
+    values = {n: torch.randn(s, dtype=torch.float64, generator=gen) for n, s in shapes.items()}
+    grads = {n: torch.randn(6, s[0], dtype=torch.float64, generator=gen)
+             for n, s in shapes.items()}
+    options = FisherOptions(num_grads=6, block_size=4, damping=1e-3)
+    fisher = BlockFisher.from_gradients(grads, BlockLayout(shapes, 4, {"a": 0, "b": 0}), options)
+    groups = [Group(0, 10, True, None, [Member("a", 0, "producer")]),
+              Group(1, 7, True, None, [Member("b", 0, "producer")])]
+    structured = {n: torch.nn.Parameter(v.clone()) for n, v in values.items()}
+    zig = build_zig_index(groups, structured)
+    assert zig_axes(zig) == fisher.layout.axes
+    pruned = prune_groups(zig, 6 / 17, fisher=fisher)
+    plain = {n: v.clone() for n, v in values.items()}
+    keep = prune_unstructured(plain, 6 / 17, "woodfisher", fisher=fisher)
+    assert pruned.tolist() == (~torch.cat([keep["a"], keep["b"]])).tolist()
+    for name in shapes:
+        torch.testing.assert_close(structured[name].detach(), plain[name], rtol=1e-12, atol=1e-12)
+
+
+def test_group_obs_rows_with_blocks_and_strided_channels():
+    """A channel owning two rows (IndexMap block 2) split over Fisher blocks: rho_Q equals the
+    dense formula on the block-diagonal inverse."""
+    gen = torch.Generator().manual_seed(4)
+    params = {"f": torch.nn.Parameter(torch.randn(5, 6, dtype=torch.float64, generator=gen))}
+    zig = build_zig_index([Group(0, 3, True, None, [Member("f", 1, "producer",
+                                                              IndexMap(block=2))])], params)
+    options = FisherOptions(num_grads=4, block_size=7, damping=1e-2)
+    layout = BlockLayout.of(params, 7, zig_axes(zig))
+    grads = {"f": torch.randn(4, 30, dtype=torch.float64, generator=gen)}
+    fisher = BlockFisher.from_gradients(grads, layout, options)
+    dense = torch.block_diag(*fisher.inverses)
+    flat_w = layout.flat("f", params["f"].detach())
+    for channel in range(3):
+        index = torch.arange(10 * channel, 10 * channel + 10)  # rows 2c, 2c+1 of 5 each
+        sub = dense[index][:, index]
+        expected = 0.5 * flat_w[index] @ torch.linalg.solve(sub, flat_w[index])
+        torch.testing.assert_close(GroupOBS.compute(fisher, zig).saliency[channel], expected)
+
+
+def test_magnitude_baselines():
+    torch.manual_seed(0)
+    params = {"a": torch.tensor([1.0, -5.0, 0.5, 3.0]), "b": torch.tensor([0.1, 0.2, 9.0, 8.0])}
+    global_keep = prune_unstructured({n: p.clone() for n, p in params.items()}, 0.5,
+                                     "global_magnitude")
+    assert global_keep["a"].tolist() == [False, True, False, True]
+    assert global_keep["b"].tolist() == [False, False, True, True]
+    layer = {n: p.clone() for n, p in params.items()}
+    layer_keep = prune_unstructured(layer, 0.25, "layer_magnitude")
+    assert (~layer_keep["a"]).sum() == 1 and (~layer_keep["b"]).sum() == 1
+    assert layer["a"][2] == 0 and layer["b"][0] == 0
+
+
+def test_cubic_schedule():
+    schedule = CubicSchedule(initial=0.1, final=0.9, start=10, end=40, every=10)
+    assert schedule.sparsity(0) == 0.1 and schedule.sparsity(10) == 0.1
+    assert schedule.sparsity(40) == 0.9 and schedule.sparsity(100) == 0.9
+    assert schedule.sparsity(20) == pytest.approx(0.9 - 0.8 * (2 / 3) ** 3)
+    values = [schedule.sparsity(t) for t in range(10, 41)]
+    assert values == sorted(values)
+    assert [t for t in range(60) if schedule.prunes_at(t)] == [10, 20, 30, 40]
+
+
+def test_gradual_pruner_holds_masks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3, bias=False))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    params = dict(model.named_parameters())
+    pruner = GradualPruner(params, CubicSchedule(0.2, 0.6, start=0, end=4, every=2),
+                           fisher=FisherOptions(num_grads=16, block_size=32, damping=1e-3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy
+    zeros = []
+    for step in range(6):
+        pruner.step(step, model, lambda: [(x, y)], loss)
+        optimizer.zero_grad()
+        loss(model(x), y).backward()
+        optimizer.step()
+        pruner.hold()
+        zeros.append(sum(int((p == 0).sum()) for p in params.values()))
+    # 72 weights at 0.2, 0.55 and 0.6 from steps 0, 2 and 4; held in between
+    assert zeros == [14, 14, 40, 40, 43, 43]
+    assert all(not p[~pruner.keep[n]].any() for n, p in params.items())
+
+
+def test_structured_prune_shrinks_and_validates(zoo_cache):
+    """Group OBS on a small zoo model with BatchNorm: the pruned ZIGs are exact zeros, and
+    `shrink --zeros` removes them with slim == pruned in onnxruntime."""
+    path = zoo_cache("vgg_bn")
+    groups = partition(str(path)).groups
+    module = OnnxModule(path).eval()
+    zig = build_zig_index(groups, module.onnx_parameters())
+    fisher_params = {e.name: e.param for e in zig.entries}
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 32, 32, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    options = FisherOptions(num_grads=32, mini_batch=2, block_size=512, damping=1e-3)
+    fisher = BlockFisher.estimate(module, fisher_params, [(x, y)],
+                                  torch.nn.functional.cross_entropy, options, zig_axes(zig))
+    with torch.no_grad():
+        loss_before = float(torch.nn.functional.cross_entropy(module(x), y))
+    pruned = prune_groups(zig, 0.5, fisher=fisher)
+    assert int(pruned.sum()) == round(0.5 * zig.num_groups)
+    assert torch.equal(zig.zero_zigs().cpu(), pruned)
+    trained = write_back(module, onnx.load(str(path)))
+    masks = masks_from_zeros(trained, groups)
+    assert sum(int((~m).sum()) for m in masks.values()) == int(pruned.sum())
+    result = shrink(trained, masks)
+    assert result.comparison, result.comparison
+    with torch.no_grad():
+        loss_after = float(torch.nn.functional.cross_entropy(module(x), y))
+    assert loss_after < loss_before + 5, "group OBS must not blow the model up"
