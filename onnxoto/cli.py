@@ -12,10 +12,37 @@ from pathlib import Path
 
 import click
 
-from onnxoto.errors import OnnxotoError
+from onnxoto.errors import OnnxotoError, one_line
 
 EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
+
+
+def _parse_input_shapes(ctx, param, values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise click.BadParameter(f"'{value}': expected NAME:DIMS such as x:1x3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, callback=_parse_input_shapes,
+    metavar="NAME:DIMS", help="Shape of a model input for the random data, e.g. x:1x3x224x224 "
+    "(repeatable; default: the declared shape, dynamic dims --dynamic-dim).")
+dynamic_dim_option = click.option(
+    "--dynamic-dim", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Size given to dynamic (symbolic) input dims.")
+rtol_option = click.option("--rtol", type=click.FloatRange(min=0), default=None,
+                           help="Relative tolerance (default: per output dtype, float32 1e-4).")
+atol_option = click.option("--atol", type=click.FloatRange(min=0), default=None,
+                           help="Absolute tolerance (default: per output dtype, float32 1e-5).")
 
 
 def friendly_errors(command):
@@ -29,7 +56,7 @@ def friendly_errors(command):
         except OnnxotoError as exc:
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"onnxoto {ctx.info_name}: error: {exc}", err=True)
+            click.echo(f"onnxoto {ctx.info_name}: error: {one_line(exc)}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
     return wrapper
@@ -64,7 +91,7 @@ def partition_command(model: Path, output: Path | None, as_json: bool,
     from onnxoto.report import render_partition
 
     if output is not None:
-        _refuse_overwrite([model], output)
+        _check_output([model], output)
     result = partition(model)
     if output is not None:
         result.save(output)
@@ -105,7 +132,7 @@ def mask_command(model: Path, ratio: float, criterion: str, output: Path, as_jso
     from onnxoto.masking import magnitude_masks
     from onnxoto.partition import partition
 
-    _refuse_overwrite([model], output)
+    _check_output([model], output)
     proto = load_model(model)
     result = partition(model)
     masks = magnitude_masks(proto, result.groups, ratio=ratio, criterion=criterion)
@@ -125,24 +152,29 @@ def mask_command(model: Path, ratio: float, criterion: str, output: Path, as_jso
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path),
               help="masks.npz (key g<id>, bool, True = keep).")
 @click.option("--zeros", is_flag=True, help="Remove channels whose producers are all zero.")
-@click.option("--tol", type=float, default=0.0, show_default=True,
+@click.option("--tol", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="With --zeros: |w| <= tol counts as zero.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Slim model to write.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Keep channel counts at multiples of N (8 suits tensor cores).")
+              help="Keep channel counts at multiples of N (8 suits tensor cores); the masks "
+                   "applied are written to OUTPUT.masks.npz.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--rtol", type=float, default=1e-4, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
+@rtol_option
+@atol_option
+@dynamic_dim_option
+@input_shape_option
 @click.option("--external-data/--no-external-data", default=None,
-              help="Store weights in OUTPUT.data (default: as the input, or when over 2 GB).")
+              help="Store weights in OUTPUT.<token>.data (default: as the input, or when over "
+                   "2 GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
 def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float, output: Path,
-                   round_to: int, no_validate: bool, samples: int, seed: int, rtol: float,
-                   atol: float, external_data: bool | None, as_json: bool) -> None:
+                   round_to: int, no_validate: bool, samples: int, seed: int, rtol: float | None,
+                   atol: float | None, dynamic_dim: int, input_shapes: dict,
+                   external_data: bool | None, as_json: bool) -> None:
     """Delete the masked channels of MODEL and write a smaller model that computes the same
     function; it is validated in onnxruntime against MODEL with those channels zeroed.
 
@@ -151,42 +183,54 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
       onnxoto shrink model.onnx --mask masks.npz -o slim.onnx
       onnxoto shrink trained.onnx --zeros -o slim.onnx --round-to 8
     """
+    from dataclasses import replace
+
+    from onnxoto.files import save_model, uses_external_data
     from onnxoto.graph import load_model
-    from onnxoto.groups import read_masks_file
+    from onnxoto.groups import load_masks, mask_file_sha, save_masks
     from onnxoto.masking import masks_from_zeros
     from onnxoto.metrics import measure
     from onnxoto.partition import partition
     from onnxoto.report import render_shrink, shrink_report
-    from onnxoto.shrink import ShrinkOptions, save_model, shrink, uses_external_data
+    from onnxoto.shrink import ShrinkOptions, shrink
 
     if (mask_path is None) == (not zeros):
         raise OnnxotoError("give exactly one of --mask masks.npz or --zeros")
-    _refuse_overwrite([model] + ([mask_path] if mask_path else []), output)
+    masks_out = output.with_name(f"{output.name}.masks.npz") if round_to > 1 else None
+    _check_output([model] + ([mask_path] if mask_path else []), output,
+                  also=[masks_out] if masks_out else [])
     full = load_model(model)
     result = partition(model)
+    model_sha = result.model_info["sha256"]
     if zeros:
         masks = masks_from_zeros(full, result.groups, tol=tol)
     else:
-        masks, sha = read_masks_file(mask_path)
-        if sha and sha != result.model_info["sha256"]:
+        masks = load_masks(mask_path, result.groups, model_sha256=model_sha)
+        recorded = mask_file_sha(mask_path)
+        if recorded and recorded != model_sha:
             click.echo(f"warning: {mask_path} was made for another model file (sha256 "
-                       f"{sha[:12]}...); its groups match this model's, continuing", err=True)
+                       f"{recorded[:12]}...); its groups fit this model's, using it", err=True)
     options = ShrinkOptions(round_to=round_to, validate=not no_validate, samples=samples,
-                            seed=seed, rtol=rtol, atol=atol)
+                            seed=seed, rtol=rtol, atol=atol, dynamic_dim=dynamic_dim,
+                            input_shapes=input_shapes or None)
     outcome = shrink(full, masks, options=options, result=result)
+    before = measure(model)
     if not outcome.passed:
-        click.echo(render_shrink(shrink_report(outcome, measure(full), measure(outcome.model))))
+        click.echo(render_shrink(shrink_report(outcome, before, measure(outcome.model))))
         click.echo(f"onnxoto shrink: validation FAILED; {output} not written (use "
                    f"--no-validate to write it anyway)", err=True)
         sys.exit(EXIT_MISMATCH)
     external = uses_external_data(model) if external_data is None else external_data
-    save_model(outcome.model, output, external=external or None)
-    report = shrink_report(outcome, measure(model), measure(output))
+    written = save_model(outcome.model, output, external=external or None)
+    if masks_out is not None:
+        save_masks(masks_out, outcome.masks, model_sha256=model_sha)
+    after = replace(measure(outcome.model), file_bytes=written.total_bytes)
+    report = shrink_report(outcome, before, after, written=written,
+                           masks_file=None if masks_out is None else str(masks_out))
     if as_json:
         _echo_json(report)
     else:
         click.echo(render_shrink(report))
-        click.echo(f"wrote {output}")
 
 
 @main.command("validate")
@@ -196,17 +240,19 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
               help="Zero these groups in FULL to make the reference.")
 @click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--rtol", type=float, default=1e-4, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
-@click.option("--dynamic-dim", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Size given to dynamic (symbolic) input dims.")
+@rtol_option
+@atol_option
+@dynamic_dim_option
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @friendly_errors
 def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: int, seed: int,
-                     rtol: float, atol: float, dynamic_dim: int, as_json: bool) -> None:
+                     rtol: float | None, atol: float | None, dynamic_dim: int,
+                     input_shapes: dict, as_json: bool) -> None:
     """Check that SLIM computes what FULL computes (with --mask: FULL with those groups zeroed).
 
-    Exit code 1 when any output differs by more than atol + rtol * max|reference|.
+    Exit code 1 when any output differs by more than atol + rtol * max|reference|; the
+    tolerances default per output dtype and are printed.
 
     \b
     Example:
@@ -219,16 +265,19 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
     from onnxoto.validate import compare
 
     reference = load_model(full)
+    candidate = load_model(slim)
     if mask_path is not None:
-        result = partition(reference)
-        reference = zero_channels(reference, result.groups, load_masks(mask_path, result.groups))
-    comparison = compare(reference, load_model(slim), samples=samples, seed=seed, rtol=rtol,
-                         atol=atol, dynamic_dim=dynamic_dim)
+        result = partition(full)
+        masks = load_masks(mask_path, result.groups, model_sha256=result.model_info["sha256"])
+        reference = zero_channels(reference, result.groups, masks)
+    comparison = compare(reference, candidate, samples=samples, seed=seed, rtol=rtol,
+                         atol=atol, dynamic_dim=dynamic_dim, shapes=input_shapes or None)
     if as_json:
         _echo_json(comparison.to_dict())
     else:
         click.echo(comparison.summary())
-        click.echo("PASSED" if comparison.passed else "FAILED")
+        click.echo(f"{'PASSED' if comparison.passed else 'FAILED'} (tolerances: "
+                   f"{comparison.tolerances()})")
     if not comparison.passed:
         sys.exit(EXIT_MISMATCH)
 
@@ -239,10 +288,12 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
 @click.option("--latency", is_flag=True, help="Also time onnxruntime CPU inference.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@dynamic_dim_option
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
 def report_command(model: Path, slim: Path | None, latency: bool, runs: int, warmup: int,
-                   as_json: bool) -> None:
+                   dynamic_dim: int, input_shapes: dict, as_json: bool) -> None:
     """Params, MACs, FLOPs (2 x MACs) and bytes of MODEL, or MODEL vs SLIM side by side.
 
     \b
@@ -251,18 +302,22 @@ def report_command(model: Path, slim: Path | None, latency: bool, runs: int, war
     """
     from onnxoto.report import compare_report, render_compare
 
-    data = compare_report(model, slim, latency=latency, runs=runs, warmup=warmup)
+    data = compare_report(model, slim, latency=latency, runs=runs, warmup=warmup,
+                          dynamic_dim=dynamic_dim, shapes=input_shapes or None)
     if as_json:
         _echo_json(data)
     else:
         click.echo(render_compare(data))
 
 
-def _refuse_overwrite(inputs: list[Path], output: Path) -> None:
-    for item in inputs:
-        if output.exists() and item.exists() and output.resolve() == item.resolve():
-            raise OnnxotoError(f"'{output}': refusing to overwrite an input file; choose "
-                               f"another output path")
+def _check_output(reads: list[Path], output: Path, *, also: list[Path] = ()) -> None:
+    """Before anything is created: the output can be written, and neither it nor anything a
+    save there replaces (the old output's data files, ``also``) is a file the command reads."""
+    from onnxoto.files import check_output_path, model_files, refuse_clobber, save_targets
+
+    check_output_path(output)
+    inputs = [f for path in reads for f in model_files(path)]
+    refuse_clobber(inputs, save_targets(output) + list(also))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,3 +3,12 @@
 
 class OnnxotoError(Exception):
     """Bad input or usage: the message is one line that names the file/node and what to do."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """A library's message on one line: its lines joined, not cut at the first break (onnx's
+    checker and onnxruntime put the useful part after it)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if not text and isinstance(exc, BaseException):
+        return type(exc).__name__
+    return text

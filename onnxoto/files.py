@@ -113,6 +113,16 @@ def model_files(path: PathLike) -> list[Path]:
     return [path] + [path.parent / location for location in external_locations(path)]
 
 
+def save_targets(path: PathLike) -> list[Path]:
+    """Every file a ``save_model`` to ``path`` may replace or remove: the path itself and the
+    data files of the model already there that are ours to delete (check them against inputs)."""
+    path = Path(path)
+    if not path.is_file():
+        return [path]
+    return [path] + [path.parent / loc for loc in external_locations(path)
+                     if _owned_data(path, loc)]
+
+
 def check_output_path(path: PathLike, *, kind: str = "file") -> None:
     """Refuse, with one line, an output path that cannot be written.
 
@@ -159,10 +169,16 @@ class Written:
     bytes: int
     sha256: str
     files: list[Path] = field(default_factory=list)
+    data_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """The file and its external data together."""
+        return self.bytes + self.data_bytes
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "bytes": self.bytes, "sha256": self.sha256,
-                "files": [str(f) for f in self.files]}
+        return {"path": str(self.path), "bytes": self.bytes, "data_bytes": self.data_bytes,
+                "sha256": self.sha256, "files": [str(f) for f in self.files]}
 
 
 def file_mode() -> int:
@@ -278,7 +294,8 @@ def save_model(model: onnx.ModelProto, path: PathLike, *,
                     old.unlink()
     finally:
         staging.remove_all()
-    return Written(path=shown, bytes=sink.size, sha256=sink.digest.hexdigest(), files=files)
+    return Written(path=shown, bytes=sink.size, sha256=sink.digest.hexdigest(), files=files,
+                   data_bytes=0 if data_sink is None else data_sink.size)
 
 
 def _write_split(model: onnx.ModelProto, staging: _Staging, location: str,

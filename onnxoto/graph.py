@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from onnxoto.errors import OnnxotoError
+from onnxoto.errors import OnnxotoError, one_line
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -49,7 +49,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and friends
-            raise OnnxotoError(f"{where}: not a readable ONNX model ({_first_line(exc)})") from exc
+            raise OnnxotoError(f"{where}: not a readable ONNX model ({one_line(exc)})") from exc
         if not proto.graph.node and not proto.graph.output:
             raise OnnxotoError(f"{where}: not an ONNX model (no graph found in the file)")
         _load_external(proto, path)
@@ -57,7 +57,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.checker.check_model(light_copy(proto), full_check=False)
         except Exception as exc:
-            raise OnnxotoError(f"{where}: fails onnx.checker: {_first_line(exc)}") from exc
+            raise OnnxotoError(f"{where}: fails onnx.checker: {one_line(exc)}") from exc
     return proto
 
 
@@ -73,16 +73,11 @@ def _load_external(proto: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
-        raise OnnxotoError(f"'{path}': cannot read external data ({_first_line(exc)})") from exc
+        raise OnnxotoError(f"'{path}': cannot read external data ({one_line(exc)})") from exc
 
 
 def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
     return (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @dataclass

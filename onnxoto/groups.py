@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from onnxoto.errors import OnnxotoError
+from onnxoto.errors import OnnxotoError, one_line
 
 FORMAT = "onnxoto.partition/1"
 ROLES = ("producer", "attached", "consumer")
@@ -231,24 +232,119 @@ def save_masks(path: str | os.PathLike, masks: Mapping[int, np.ndarray], *,
     write_atomic(path, buffer.getvalue())
 
 
-def read_masks_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str | None]:
-    """Raw arrays of a masks.npz and the model sha256 it records (None if absent)."""
+def read_masks_file(path: str | os.PathLike, groups: list[Group] | None = None,
+                    ) -> tuple[dict[str, np.ndarray], str | None]:
+    """Raw arrays of a masks.npz and the model sha256 it records (None if absent).
+
+    Every array's header is read and checked before any array is loaded (against ``groups`` when
+    given), so a small zip declaring billions of elements, or pickled objects, costs nothing.
+    """
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise OnnxotoError(f"'{where}': no such mask file")
+    by_id = None if groups is None else {g.id: g for g in groups}
     try:
-        with np.load(where, allow_pickle=False) as archive:
-            raw = {key: archive[key] for key in archive.files}
-    except Exception as exc:
-        raise OnnxotoError(f"'{where}': not a readable .npz mask file ({exc})") from exc
+        archive = zipfile.ZipFile(where)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise OnnxotoError(f"'{where}': not a readable .npz mask file (not a zip archive); "
+                           f"write masks with `onnxoto mask` or numpy.savez") from exc
+    with archive:
+        entries = _npz_entries(archive, where)
+        for key, (shape, dtype) in entries.items():
+            if key == SHA_KEY:
+                if dtype.kind != "U" or shape != () or dtype.itemsize > 4 * 128:
+                    raise OnnxotoError(f"'{where}': '{SHA_KEY}' must be a sha256 string")
+            else:
+                _check_declared(key, shape, dtype, by_id, where)
+        try:
+            raw = {key: _read_npy(archive, f"{key}.npy") for key in entries}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise OnnxotoError(f"'{where}': not a readable .npz mask file ({one_line(exc)})") \
+                from exc
     sha = raw.pop(SHA_KEY, None)
     return raw, None if sha is None else str(sha)
 
 
-def load_masks(path: str | os.PathLike, groups: list[Group]) -> dict[int, np.ndarray]:
-    """Read and check masks.npz against the groups; every problem is one clear line."""
-    raw, _ = read_masks_file(path)
-    return check_masks(raw, groups, source=os.fspath(path))
+def _npz_entries(archive: zipfile.ZipFile, where: str) -> dict[str, tuple[tuple, np.dtype]]:
+    """Declared shape and dtype of every array, from the .npy headers alone."""
+    entries = {}
+    for name in archive.namelist():
+        if not name.endswith(".npy"):
+            raise OnnxotoError(f"'{where}': holds '{name}', not a numpy array; a mask file holds "
+                               f"only arrays g<id>")
+        try:
+            with archive.open(name) as handle:
+                version = np.lib.format.read_magic(handle)
+                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = reader(handle)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise OnnxotoError(f"'{where}': '{name}' is not a readable numpy array "
+                               f"({one_line(exc)})") from exc
+        if dtype.hasobject:
+            raise OnnxotoError(f"'{where}': '{name[:-4]}' holds Python objects (pickled); masks "
+                               f"are plain bool arrays, refusing to load it")
+        entries[name[:-4]] = (tuple(shape), dtype)
+    return entries
+
+
+def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    with archive.open(name) as handle:
+        return np.lib.format.read_array(handle, allow_pickle=False)
+
+
+# A group has at most this many channels; bounds what a mask read without groups may declare.
+MAX_MASK_LENGTH = 1 << 24
+
+
+def _check_declared(key: str, shape: tuple, dtype: np.dtype, by_id: dict[int, Group] | None,
+                    source: str) -> Group | None:
+    """One mask array's key, dtype and shape against its group (or sanity bounds without one)."""
+    group = None
+    if by_id is not None:
+        if not (key.startswith("g") and key[1:].isdigit()) or int(key[1:]) not in by_id:
+            last = max(by_id, default=-1)
+            raise OnnxotoError(f"{source}: unknown group key '{key}' (the partition has g0..g"
+                               f"{last}); was the mask made for another model?")
+        group = by_id[int(key[1:])]
+    if dtype != np.bool_:
+        raise OnnxotoError(f"{source}: '{key}' has dtype {dtype}, expected bool (True = keep)")
+    if group is not None and shape != (group.size,):
+        raise OnnxotoError(f"{source}: '{key}' has shape {shape}, group {group.id} has "
+                           f"{group.size} channels")
+    if group is None and (len(shape) != 1 or shape[0] > MAX_MASK_LENGTH):
+        raise OnnxotoError(f"{source}: '{key}' has shape {shape}, expected one bool per channel")
+    return group
+
+
+def mask_file_sha(path: str | os.PathLike) -> str | None:
+    """The model sha256 a masks.npz records, or None (unreadable files say so when loaded)."""
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as archive:
+            if f"{SHA_KEY}.npy" not in archive.namelist():
+                return None
+            shape, dtype = _npz_entries(archive, os.fspath(path))[SHA_KEY]
+            if dtype.kind != "U" or shape != ():
+                return None
+            return str(_read_npy(archive, f"{SHA_KEY}.npy"))
+    except (OSError, zipfile.BadZipFile, ValueError, OnnxotoError):
+        return None
+
+
+def load_masks(path: str | os.PathLike, groups: list[Group], *,
+               model_sha256: str | None = None) -> dict[int, np.ndarray]:
+    """Read and check masks.npz against the groups; every problem is one clear line, which says
+    so when the file records another model (``model_sha256``: the model's own)."""
+    try:
+        raw, _ = read_masks_file(path, groups)
+        return check_masks(raw, groups, source=f"'{os.fspath(path)}'")
+    except OnnxotoError as exc:
+        recorded = mask_file_sha(path) if model_sha256 else None
+        if recorded and recorded != model_sha256:
+            raise OnnxotoError(f"'{os.fspath(path)}' was made for another model (sha256 "
+                               f"{recorded[:12]}..., this one {model_sha256[:12]}...) and does "
+                               f"not fit it: {exc}") from exc
+        raise
 
 
 def check_masks(
@@ -257,17 +353,8 @@ def check_masks(
     by_id = {g.id: g for g in groups}
     masks: dict[int, np.ndarray] = {}
     for key, value in raw.items():
-        if not (key.startswith("g") and key[1:].isdigit()) or int(key[1:]) not in by_id:
-            raise OnnxotoError(f"{source}: unknown group key '{key}' (the partition has g0..g"
-                               f"{len(groups) - 1}); was the mask made for another model?")
-        group = by_id[int(key[1:])]
         value = np.asarray(value)
-        if value.dtype != np.bool_:
-            raise OnnxotoError(f"{source}: '{key}' has dtype {value.dtype}, expected bool "
-                               f"(True = keep)")
-        if value.shape != (group.size,):
-            raise OnnxotoError(f"{source}: '{key}' has shape {value.shape}, group {group.id} "
-                               f"has {group.size} channels")
+        group = _check_declared(key, value.shape, value.dtype, by_id, source)
         if value.all():
             continue
         if not group.prunable:

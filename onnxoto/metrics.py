@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -311,16 +311,20 @@ def measure_latency(
     warmup: int = 5,
     providers: Sequence[str] | None = None,
     seed: int = 0,
+    dynamic_dim: int = 1,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Latency:
     """Time ``runs`` inferences after ``warmup`` untimed ones (first runs allocate and tune).
 
-    Defaults to 50 runs, 5 warmup, CPU, seed 0; dynamic dims are 1 as in ``random_inputs``.
+    Defaults to 50 runs, 5 warmup, CPU, seed 0; dynamic dims ``dynamic_dim`` (1) and the
+    declared shapes unless ``shapes`` gives them, as in ``random_inputs``.
     """
     if runs < 1 or warmup < 0:
         raise OnnxotoError(f"latency needs runs >= 1 and warmup >= 0, got {runs} and {warmup}")
     proto = load_model(model)
+    inputs = runtime.random_inputs(proto, seed=seed, batch=dynamic_dim, dynamic_dim=dynamic_dim,
+                                   shapes=shapes)
     sess = runtime.session(proto, providers=providers)
-    inputs = runtime.random_inputs(proto, seed=seed)
     for _ in range(warmup):
         runtime.run(sess, inputs)
     times = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from onnxoto.files import Written
 from onnxoto.metrics import (
     Latency,
     ModelMetrics,
@@ -18,6 +19,7 @@ from onnxoto.metrics import (
 )
 from onnxoto.partition import Partition
 from onnxoto.shrink import ShrinkResult
+from onnxoto.validate import describe_tolerances
 
 
 def render_partition(result: Partition) -> str:
@@ -40,13 +42,21 @@ def render_partition(result: Partition) -> str:
     return "\n".join(text)
 
 
-def shrink_report(outcome: ShrinkResult, before: ModelMetrics, after: ModelMetrics) -> dict:
-    """Everything `onnxoto shrink` tells, as data (the --json output)."""
+def shrink_report(outcome: ShrinkResult, before: ModelMetrics, after: ModelMetrics, *,
+                  written: Written | None = None, masks_file: str | None = None) -> dict:
+    """Everything `onnxoto shrink` tells, as data (the --json output).
+
+    ``written`` describes the file as this run wrote it (size and sha256 measured before its
+    rename): another run may have replaced the path by the time this is printed.
+    ``masks_file`` names where the masks actually applied were saved (``--round-to``).
+    """
     return {
         "metrics": [row.to_dict() for row in compare_metrics(before, after)],
         "op_counts": _op_rows(before.op_counts, after.op_counts),
         "changes": [asdict(change) for change in outcome.changes],
         "validation": None if outcome.comparison is None else outcome.comparison.to_dict(),
+        "output": None if written is None else written.to_dict(),
+        "masks_file": masks_file,
     }
 
 
@@ -56,6 +66,7 @@ def _op_rows(before: dict[str, int], after: dict[str, int]) -> list[dict]:
 
 
 def render_shrink(report: dict) -> str:
+    """The before/after table, changed layers, the validation verdict and what was written."""
     rows = [Row(**r) for r in report["metrics"]]
     text = [render_table(rows)]
     changed_ops = [(r["op"], r["before"], r["after"]) for r in report["op_counts"]
@@ -71,26 +82,40 @@ def render_shrink(report: dict) -> str:
         text += ["", "validation: skipped (--no-validate)"]
     else:
         verdict = "PASSED" if validation["passed"] else "FAILED"
-        worst = max((o["max_abs"] or float("inf") for o in validation["outputs"]), default=0.0)
+        worst = max((float("inf") if o["max_abs"] is None else o["max_abs"]
+                     for o in validation["outputs"]), default=0.0)
         text += ["", f"validation: {verdict} ({validation['samples']} seeded samples, max abs "
-                     f"diff {worst:.3g}, rtol {validation['rtol']:g}, atol {validation['atol']:g})"]
+                     f"diff {worst:.3g}; {describe_tolerances(validation['outputs'])})"]
+    if not report["changes"]:
+        text += ["nothing removed: no channel of a prunable group was masked (or all zero); the "
+                 "output computes the same function with the same channels"]
+    output = report.get("output")
+    if output:
+        size = output["bytes"] + output["data_bytes"]
+        data = f", weights in {Path(output['files'][1]).name}" if len(output["files"]) > 1 else ""
+        text += [f"wrote {output['path']} ({size:,} bytes{data}; sha256 {output['sha256'][:16]})"]
+    if report.get("masks_file"):
+        text += [f"wrote {report['masks_file']}: the masks actually applied (after --round-to); "
+                 f"validate with --mask {report['masks_file']}"]
     return "\n".join(text)
 
 
 def compare_report(model, slim=None, *, latency: bool = False, runs: int = 50,
-                   warmup: int = 5) -> dict:
-    """Metrics of one model, or of two side by side with ratios (and latency if asked)."""
+                   warmup: int = 5, dynamic_dim: int = 1, shapes=None) -> dict:
+    """Metrics of one model, or of two side by side with ratios (and latency if asked, on
+    inputs with dynamic dims ``dynamic_dim`` or the ``shapes`` given by input name)."""
     before = measure(model)
     data: dict = {"model": str(model), "metrics": before.to_dict()}
+    timing = {"runs": runs, "warmup": warmup, "dynamic_dim": dynamic_dim, "shapes": shapes}
     if latency:
-        data["latency"] = measure_latency(model, runs=runs, warmup=warmup).to_dict()
+        data["latency"] = measure_latency(model, **timing).to_dict()
     if slim is None:
         return data
     after = measure(slim)
     data.update(slim=str(slim), slim_metrics=after.to_dict(),
                 rows=[row.to_dict() for row in compare_metrics(before, after)])
     if latency:
-        slim_latency = measure_latency(slim, runs=runs, warmup=warmup)
+        slim_latency = measure_latency(slim, **timing)
         data["slim_latency"] = slim_latency.to_dict()
         full_ms, slim_ms = data["latency"]["median_ms"], slim_latency.median_ms
         data["speedup"] = full_ms / slim_ms if slim_ms else None

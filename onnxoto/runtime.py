@@ -6,6 +6,7 @@ without a GPU, and a comparison must not depend on which machine ran it.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
-from onnxoto.errors import OnnxotoError
+from onnxoto.errors import OnnxotoError, one_line
+from onnxoto.files import save_model
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# onnxruntime's own warnings (colored, on stderr) would break our one-line error contract.
+ort.set_default_logger_severity(3)
 # protobuf refuses to serialize messages of 2 GiB or more; leave headroom for the graph itself.
 _MAX_PROTO_BYTES = int(1.9 * 1024**3)
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
@@ -52,7 +55,8 @@ def session(
     if model.ByteSize() < _MAX_PROTO_BYTES:
         return _open(model.SerializeToString(), options, chosen, _describe(model))
     with tempfile.TemporaryDirectory(prefix="onnxoto-") as folder:
-        path = _save_with_external_data(model, Path(folder))
+        path = Path(folder) / "model.onnx"
+        save_model(model, path, external=True)
         return _open(str(path), options, chosen, _describe(model))
 
 
@@ -62,58 +66,12 @@ def _open(
     try:
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise OnnxotoError(f"onnxruntime cannot load {what}: {_first_line(exc)}") from exc
+        raise OnnxotoError(f"onnxruntime cannot load {what}: {one_line(exc)}") from exc
 
 
-def _save_with_external_data(model: onnx.ModelProto, folder: Path) -> Path:
-    """Write the model with every initializer's bytes in one side file; the proto is untouched.
-
-    ``onnx.save_model(save_as_external_data=True)`` rewrites the proto in place, and copying a
-    2 GB proto first doubles memory, so the small graph is rebuilt around external references.
-    """
-    light = onnx.ModelProto()
-    _copy_fields(model, light, skip="graph")
-    _copy_fields(model.graph, light.graph, skip="initializer")
-    data_name = "weights.bin"
-    offset = 0
-    with open(folder / data_name, "wb") as handle:
-        for tensor in model.graph.initializer:
-            ref = light.graph.initializer.add()
-            if tensor.data_type == onnx.TensorProto.STRING:
-                ref.CopyFrom(tensor)  # strings cannot live in external data
-                continue
-            raw = _raw_bytes(tensor)
-            handle.write(raw)
-            ref.name = tensor.name
-            ref.data_type = tensor.data_type
-            ref.dims.extend(tensor.dims)
-            ref.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", offset), ("length", len(raw))):
-                entry = ref.external_data.add()
-                entry.key, entry.value = key, str(value)
-            offset += len(raw)
-    path = folder / "model.onnx"
-    path.write_bytes(light.SerializeToString())
-    return path
-
-
-def _copy_fields(source, target, *, skip: str) -> None:
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
-def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
-    if tensor.HasField("raw_data"):
-        return tensor.raw_data
-    array = numpy_helper.to_array(tensor)
-    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+# Random inputs larger than this (1 GiB of float32) are refused before anything is allocated:
+# a declared dim of 2^33 is a broken model or a placeholder, not a shape to test with.
+MAX_INPUT_ELEMENTS = 1 << 28
 
 
 def random_inputs(
@@ -122,36 +80,58 @@ def random_inputs(
     seed: int = 0,
     batch: int = 1,
     dynamic_dim: int = 1,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """One seeded array per real graph input (initializers listed as inputs are skipped).
 
     Floats are standard normal, integers are 0..9 (safe as indices and sizes), bools are fair
-    coin flips. A dynamic first dim becomes ``batch``, any other dynamic dim ``dynamic_dim``.
-    Defaults to seed 0, batch 1, dynamic_dim 1.
+    coin flips. A dynamic first dim becomes ``batch``, any other dynamic dim ``dynamic_dim``;
+    ``shapes`` gives whole shapes by input name instead. An input over ``MAX_INPUT_ELEMENTS``
+    raises OnnxotoError before anything is allocated. Defaults to seed 0, batch 1,
+    dynamic_dim 1, the declared shapes.
     """
     rng = np.random.default_rng(seed)
     initializers = {t.name for t in model.graph.initializer}
-    arrays: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        elem_type, shape = _tensor_spec(value, batch=batch, dynamic_dim=dynamic_dim)
-        arrays[value.name] = _random_array(rng, elem_type, shape, value.name)
-    return arrays
+    shapes = dict(shapes or {})
+    real = [v for v in model.graph.input if v.name not in initializers]
+    unknown = sorted(set(shapes) - {v.name for v in real})
+    if unknown:
+        raise OnnxotoError(f"--input-shape names {unknown}, not inputs of the model (its inputs: "
+                           f"{[v.name for v in real]})")
+    specs = {v.name: _tensor_spec(v, batch=batch, dynamic_dim=dynamic_dim,
+                                  given=shapes.get(v.name)) for v in real}
+    return {name: _random_array(rng, elem_type, shape, name)
+            for name, (elem_type, shape) in specs.items()}
 
 
 def _tensor_spec(
-    value: onnx.ValueInfoProto, *, batch: int, dynamic_dim: int
+    value: onnx.ValueInfoProto, *, batch: int, dynamic_dim: int,
+    given: Sequence[int] | None = None,
 ) -> tuple[int, tuple[int, ...]]:
     if value.type.WhichOneof("value") != "tensor_type":
         raise OnnxotoError(f"input '{value.name}': only tensor inputs can be generated")
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
-        raise OnnxotoError(f"input '{value.name}': has no declared rank, cannot make data for it")
-    dims = tuple(
-        dim.dim_value if dim.HasField("dim_value") else (batch if axis == 0 else dynamic_dim)
-        for axis, dim in enumerate(tensor_type.shape.dim)
-    )
+        raise OnnxotoError(f"input '{value.name}': has no declared rank, cannot make data for "
+                           f"it; give one with --input-shape {value.name}:1x3x224x224")
+    declared = tensor_type.shape.dim
+    if given is not None:
+        if len(given) != len(declared):
+            raise OnnxotoError(f"--input-shape {value.name}: {len(given)} dims given, the input "
+                               f"has rank {len(declared)}")
+        dims = tuple(int(d) for d in given)
+    else:
+        dims = tuple(
+            dim.dim_value if dim.HasField("dim_value") else (batch if axis == 0 else dynamic_dim)
+            for axis, dim in enumerate(declared)
+        )
+    elements = math.prod(dims)
+    if elements > MAX_INPUT_ELEMENTS or any(d < 0 for d in dims):
+        dynamic = any(not d.HasField("dim_value") for d in declared)
+        hint = " or --dynamic-dim" if dynamic else ""
+        raise OnnxotoError(f"input '{value.name}': shape {list(dims)} has {elements:,} elements, "
+                           f"over the limit of {MAX_INPUT_ELEMENTS:,}; give a smaller one with "
+                           f"--input-shape {value.name}:DIMS{hint}")
     return tensor_type.elem_type, dims
 
 
@@ -183,7 +163,7 @@ def run(
     try:
         values = sess.run(names, dict(inputs))
     except Exception as exc:
-        raise OnnxotoError(f"onnxruntime run failed: {_first_line(exc)}") from exc
+        raise OnnxotoError(f"onnxruntime run failed: {one_line(exc)}") from exc
     return dict(zip(names, values, strict=True))
 
 
@@ -191,8 +171,3 @@ def _describe(model: onnx.ModelProto | str | os.PathLike) -> str:
     if isinstance(model, onnx.ModelProto):
         return f"model '{model.graph.name or 'in memory'}'"
     return f"'{model}'"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

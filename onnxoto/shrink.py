@@ -29,14 +29,17 @@ from onnxoto.validate import Comparison, compare
 
 @dataclass(frozen=True)
 class ShrinkOptions:
-    """How to shrink. Defaults: keep exact counts, validate with 3 seeded samples."""
+    """How to shrink. Defaults: keep exact counts, validate with 3 seeded samples at the
+    tolerances of each output's dtype (``rtol``/``atol`` None; see validate.DEFAULT_TOLERANCES)."""
 
     round_to: int = 1
     validate: bool = True
     samples: int = 3
     seed: int = 0
-    rtol: float = 1e-4
-    atol: float = 1e-5
+    rtol: float | None = None
+    atol: float | None = None
+    dynamic_dim: int = 1
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None
 
 
 @dataclass
@@ -104,7 +107,8 @@ def shrink(model: ModelLike, masks: Mapping, *, options: ShrinkOptions = ShrinkO
     if options.validate:
         reference = zero_channels(full, result.groups, masks)
         comparison = compare(reference, slim, samples=options.samples, seed=options.seed,
-                             rtol=options.rtol, atol=options.atol)
+                             rtol=options.rtol, atol=options.atol,
+                             dynamic_dim=options.dynamic_dim, shapes=options.input_shapes)
     return ShrinkResult(model=slim, masks=masks, changes=changes, comparison=comparison)
 
 

@@ -42,7 +42,7 @@ def tiny_model(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT,
                                                              [1, channels, 8, 8])],
                               [weight, bias])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 def weights(path) -> np.ndarray:
