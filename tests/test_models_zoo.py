@@ -15,6 +15,8 @@ import torch
 from models.export import export_onnx, export_zoo, main
 from models.synthetic import mlp_chain, residual_chain
 from models.zoo import ZOO, build, light_names
+from tests.conftest import EXPORTERS
+from tests.zoo_expectations import GROUP_COUNTS
 
 EXPECTED_NAMES = {
     "demonet",
@@ -32,6 +34,7 @@ EXPECTED_NAMES = {
     "vit",
 }
 LIGHT = light_names()
+TABLE = "tests/zoo_expectations.py"
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,18 @@ def test_zoo_names_present():
     assert set(ZOO) == EXPECTED_NAMES
     assert [n for n, e in ZOO.items() if e.heavy] == ["resnet50"]
     assert set(LIGHT) == EXPECTED_NAMES - {"resnet50"}
+
+
+@pytest.mark.parametrize(("name", "exporter"), [(n, e) for n in ZOO for e in EXPORTERS])
+def test_partition_counts_are_pinned(zoo_cache, name, exporter):
+    """Every zoo model and exporter: a rule change that moves a count must update the table."""
+    from onnxoto.partition import partition
+
+    expected = GROUP_COUNTS.get((name, exporter))
+    assert expected is not None, f"pin the counts of ({name!r}, {exporter!r}) in {TABLE}"
+    summary = partition(zoo_cache(name, exporter)).summary
+    got = {key: summary[key] for key in expected}
+    assert got == expected, f"{name} {exporter}: counts changed; if intended, update {TABLE}"
 
 
 def test_build_is_deterministic_and_seeded():
