@@ -54,11 +54,12 @@ W = RNG.standard_normal((4, 3)).astype(np.float32)
 B = RNG.standard_normal(3).astype(np.float32)
 
 
-def test_identical_models_pass():
-    result = compare(_linear(W, B), _linear(W, B))
+def test_difference_below_the_default_tolerance_passes():
+    """A bias moved by 4e-6, under float32's default atol 1e-5: passes, and reports the 4e-6."""
+    result = compare(_linear(W, B), _linear(W, B + np.float32(4e-6)))
     assert result.passed and bool(result)
     assert [o.name for o in result.outputs] == ["y"]
-    assert result.outputs[0].max_abs == 0.0
+    assert result.outputs[0].max_abs == pytest.approx(4e-6, rel=0.1)
     assert result.outputs[0].ref_scale > 0
     assert json.loads(json.dumps(result.to_dict()))["passed"] is True
     assert result.summary().startswith("PASS y [1x3]")
@@ -154,10 +155,21 @@ def test_random_inputs_respect_dtypes_and_dynamic_dims():
 
 
 def test_compare_feeds_typed_inputs_with_dynamic_dim():
+    """Both models get the same seeded int64, float16 and bool inputs: ids + half against
+    ids - half differs by exactly 2 * half wherever the flag selects it."""
     model = _typed_inputs_model()
-    result = compare(model, model, dynamic_dim=3, samples=2)
-    assert result.passed
+    minus = _typed_inputs_model()
+    minus.graph.node[2].op_type = "Sub"
+    result = compare(model, minus, dynamic_dim=3, samples=2)
+    expected = 0.0
+    for seed in (0, 1):
+        x = runtime.random_inputs(model, seed=seed, batch=3, dynamic_dim=3)
+        expected = max(expected, float(np.max(np.abs(2 * x["half"].astype(np.float32))
+                                                  * x["flag"])))
+    assert expected > 0
+    assert not result.passed
     assert result.outputs[0].shape == (3, 3, 4)
+    assert result.outputs[0].max_abs == pytest.approx(expected, rel=1e-6)
 
 
 def test_mismatching_output_names_raise():
