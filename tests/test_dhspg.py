@@ -323,8 +323,8 @@ def test_reaches_target_with_exact_zeros_and_lower_loss(exported):
     assert diag["redundant_live"] <= 1 and diag["redundant_mean_norm"] < diag["important_mean_norm"]
     assert _full_loss(model, x, y) < initial
 
-    zero = zig.zero_zigs()
-    assert zig.nonzero_counts()[zero].sum() == 0  # exactly 0, not merely small
+    zero = zig.zero_zigs()  # exactly 0, not merely small: zero_fraction counts these
+    assert not (zero & ~opt._redundant).any(), "only redundant ZIGs are projected to zero"
     snapshot = {n: p.detach().clone() for n, p in params.items()}
     _train(model, opt, x, y, 50, start=STEPS)
     assert (zig.zero_zigs() | ~zero).all(), "zero ZIGs must stay exactly zero"
@@ -385,7 +385,7 @@ def test_shrinking_groups_stay_redundant_unless_reselect(exported):
     released, sparsity = _releases(exported, reselect=False)
     assert released == 0 and sparsity >= 0.5 - 1 / 60
     released, sparsity = _releases(exported, reselect=True)
-    assert released > 0 and sparsity < 0.4
+    assert released > 0 and sparsity < 0.5 - 1 / 60  # short of the target by more than a group
 
 
 def test_deterministic_under_seed(exported):
@@ -412,15 +412,25 @@ def test_state_dict_round_trip(exported):
     assert all(torch.equal(expected[n], params2[n].detach()) for n in expected)
 
 
-def test_adam_variant_sparsifies(exported):
+def test_adam_variant_reaches_target_with_exact_zeros(exported):
+    """Adam's push is gentler than SGD's: run until the target is met within one group (about
+    650 steps here), with room for twice that; zeros fall only in the redundant set."""
     model, params, zig, x, y = _mlp_setup(exported)
     initial = _full_loss(model, x, y)
     opt = DHSPG(params, zig, DHSPGOptions(variant="adam", lr=1e-2, warmup_steps=50, period=100,
                                           epsilon=0.5))
     assert opt.options.lam == 1e-2 and opt.options.lam_hat == 1e3
-    _train(model, opt, x, y, STEPS)
+    goal = opt.options.target_group_sparsity - 1 / zig.num_groups
+    step, zero = 0, zig.zero_zigs()
+    while zig.zero_fraction() < goal and step < 1300:
+        _train(model, opt, x, y, 50, start=step)
+        step += 50
+        assert (zig.zero_zigs() | ~zero).all(), f"step {step}: a zero ZIG came back"
+        zero = zig.zero_zigs()
+        assert not (zero & ~opt._redundant).any(), f"step {step}: an important ZIG is zero"
+    assert zig.zero_fraction() >= goal, f"{zig.zero_fraction():.3f} after {step} steps"
+    assert int(opt._redundant.sum()) == round(opt.options.target_group_sparsity * zig.num_groups)
     assert _full_loss(model, x, y) < initial
-    assert zig.zero_fraction() > 0.1
 
 
 def test_warmup_is_plain_sgd(exported):
