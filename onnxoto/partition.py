@@ -135,8 +135,9 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
         previous = None
         for slot in born.tolist():
             cls = int(roots[slot])
-            if cls in class_group:
-                previous = None
+            if cls in class_group:  # seen: a head's later columns stay in the run, others end it
+                if previous is None or class_group[cls] != family_group[previous]:
+                    previous = None
                 continue
             key = (int(family[slot]), int(signature[cls]))
             if key != previous:  # a new run of channels: a group stays contiguous in its stem

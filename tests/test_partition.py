@@ -89,16 +89,17 @@ def test_convnext_layernorm_space_is_not_prunable(zoo_cache, exporter):
     assert hidden == [128, 128]
 
 
-@pytest.mark.parametrize(("exporter", "stopper"), [
-    ("dynamo", "normalizes over the channel axis"),
-    ("legacy", "normalizes over the channel axis"),  # flatten(2) via Shape, followed
-])
-def test_vit_mlp_hidden_groups_prunable_attention_not(zoo_cache, exporter, stopper):
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_vit_heads_and_mlp_hidden_are_groups_residual_stream_not(zoo_cache, exporter):
+    """Each block: one group of 4 heads (q, k, v columns and out-projection rows of a head are
+    one channel) and the 64-wide MLP hidden; the LayerNorm residual stream stays whole."""
     result = partition(zoo_cache("vit", exporter))
-    assert [g.size for g in result.prunable] == [64, 64]
+    assert [g.size for g in result.prunable] == [4, 64, 4, 64]
+    heads = result.prunable[0]
+    assert {m.role for m in heads.members} == {"producer", "consumer"}
+    assert {m.index_map.block for m in heads.members} == {8}  # head_dim columns per head
     reasons = " ".join(g.reason for g in result.groups if not g.prunable)
-    assert stopper in reasons
-    assert "splits or mixes the channel axis" in reasons  # q, k, v reshaped into heads
+    assert "normalizes over the channel axis" in reasons
 
 
 def test_resnet50_partition(zoo_cache):

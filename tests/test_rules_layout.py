@@ -64,15 +64,29 @@ def test_reshape_keeping_channels_then_tokens_matmul():
     assert_invariant(model, result)
 
 
-def test_reshape_splitting_the_channel_axis_is_not_prunable():
-    """(1, 8, 4, 4) -> (1, 2, 4, 16): 2 heads of 4 channels, the channel axis is cut."""
+def test_reshape_splitting_the_channel_axis_ties_each_head():
+    """(1, 8, 4, 4) -> (1, 2, 4, 16): 2 heads of 4 channels; a head is one channel, and the
+    reshape back gives each head its block of 4 consumer rows."""
     g = GraphBuilder(seed=53)
     y = g.op("Reshape", [_stem(g), _ints(g, "heads_shape", [1, 2, 4, 16])], name="heads")
     y = g.op("Reshape", [g.op("Relu", [y]), _ints(g, "back", [1, 8, 4, 4])])
     model = g.build([g.conv(y, 5, name="c2")])
     result = partition(model)
-    assert _sizes(result) == [(8, False), (5, False)]
-    assert "Reshape node 'heads' splits or mixes the channel axis" in result.groups[0].reason
+    assert _sizes(result) == [(2, True), (5, False)]
+    assert member(result.groups[0], "c1.weight").index_map == IndexMap(block=4)
+    assert member(result.groups[0], "c2.weight").index_map == IndexMap(block=4)
+    assert_invariant(model, result)
+
+
+def test_reshape_mixing_the_channel_axis_with_space_is_a_barrier():
+    """(1, 6, 4, 4) -> (1, 4, 24): no axis holds whole channels any more."""
+    g = GraphBuilder(seed=53)
+    y = g.op("Reshape", [_stem(g, channels=6), _ints(g, "mixed", [1, 4, 24])], name="mix")
+    y = g.op("Reshape", [g.op("Relu", [y]), _ints(g, "back", [1, 6, 4, 4])])
+    model = g.build([g.conv(y, 5, name="c2")])
+    result = partition(model)
+    assert _sizes(result) == [(6, False), (5, False)]
+    assert "Reshape node 'mix' splits or mixes the channel axis" in result.groups[0].reason
 
 
 def _runtime_view(g: GraphBuilder, stem: str, tail: list[int]) -> str:
@@ -403,14 +417,41 @@ def test_resize_of_the_channel_axis_is_a_barrier():
     assert "Resize node 'up' resizes the channel axis" in result.groups[0].reason
 
 
-@pytest.mark.parametrize("op_type", ["DepthToSpace", "SpaceToDepth"])
-def test_depth_space_moves_are_not_prunable_yet(op_type):
+@pytest.mark.parametrize(("mode", "index_map"), [
+    ("DCR", IndexMap(block=4, stride=2, step=1)),  # output c reads inputs c + k*C_out
+    ("CRD", IndexMap(block=4)),  # output c reads inputs 4c .. 4c+3
+])
+def test_depth_to_space_ties_blocks_of_r_squared_channels(mode, index_map):
     g = GraphBuilder(seed=75)
-    y = g.op(op_type, [_stem(g)], name="d2s", blocksize=2)
+    y = g.op("DepthToSpace", [_stem(g)], name="d2s", blocksize=2, mode=mode)
     model = g.build([g.conv(y, 5, name="c2")])
     result = partition(model)
-    assert not result.groups[0].prunable
-    assert f"{op_type} node 'd2s' moves channels into space" in result.groups[0].reason
+    group = group_with(result, "c1.weight")
+    assert group.prunable and group.size == 2
+    assert member(group, "c1.weight").index_map == index_map
+    assert member(group, "c2.weight").index_map == IndexMap()
+    assert_invariant(model, result)
+
+
+def test_space_to_depth_repeats_each_channel_r_squared_times():
+    g = GraphBuilder(seed=75)
+    y = g.op("SpaceToDepth", [_stem(g)], name="s2d", blocksize=2)
+    model = g.build([g.conv(y, 5, name="c2")])
+    result = partition(model)
+    group = group_with(result, "c1.weight")
+    assert group.prunable and group.size == 8
+    assert member(group, "c2.weight").index_map == IndexMap(block=4, stride=8, step=1)
+    assert_invariant(model, result)
+
+
+def test_depth_to_space_of_channels_not_on_axis_1_is_a_barrier():
+    g = GraphBuilder(seed=75)
+    moved = g.op("Transpose", [_stem(g)], perm=[0, 2, 1, 3])
+    y = g.op("DepthToSpace", [moved], name="d2s", blocksize=2)
+    model = g.build([g.conv(y, 5, name="c2")])
+    result = partition(model)
+    assert "DepthToSpace node 'd2s' moves axis 1 but the channels are elsewhere" in \
+        group_with(result, "c1.weight").reason
 
 
 # --- barriers ------------------------------------------------------------------------------

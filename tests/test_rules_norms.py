@@ -83,21 +83,36 @@ def test_layernorm_over_spatial_axes_leaves_bias_dirt():
         result.groups[0].reason
 
 
-@pytest.mark.parametrize("op_type", ["GroupNormalization", "LpNormalization",
-                                     "MeanVarianceNormalization"])
+@pytest.mark.parametrize("op_type", ["LpNormalization", "MeanVarianceNormalization"])
 def test_other_channel_mixing_norms_are_barriers(op_type):
-    opset = 21 if op_type == "GroupNormalization" else 17
-    g = GraphBuilder(seed=35, opset=opset)
-    extra = ([g.weight("gn.scale", [8], low=0.5, high=1.5), g.weight("gn.bias", [8])]
-             if op_type == "GroupNormalization" else [])
-    attrs = {"GroupNormalization": {"num_groups": 2}, "LpNormalization": {"axis": 1},
+    g = GraphBuilder(seed=35)
+    attrs = {"LpNormalization": {"axis": 1},
              "MeanVarianceNormalization": {"axes": [1, 2, 3]}}[op_type]
-    y = g.op(op_type, [_stem(g), *extra], name="norm", **attrs)
+    y = g.op(op_type, [_stem(g)], name="norm", **attrs)
     g.declare(y, [1, 8, 6, 6])
     model = g.build([g.conv(y, 4, name="c2")])
     result = partition(model)
     assert _sizes(result) == [(8, False), (4, False)]
     assert f"{op_type} node 'norm' normalizes across channels" in result.groups[0].reason
+
+
+def test_group_norm_removes_whole_norm_groups():
+    """Opset 21: one scale and bias per channel (opset 18's per-group ones are deprecated)."""
+    param_size = 8
+    g = GraphBuilder(seed=35, opset=21)
+    params = [g.weight("gn.scale", [param_size], low=0.5, high=1.5),
+              g.weight("gn.bias", [param_size])]
+    y = g.op("GroupNormalization", [_stem(g), *params], name="norm", num_groups=4)
+    g.declare(y, [1, 8, 6, 6])
+    model = g.build([g.conv(g.op("Relu", [y]), 4, name="c2")])
+    result = partition(model)
+    assert _sizes(result) == [(4, True), (4, False)]
+    tied = result.groups[0]
+    assert roles(tied) == {"c1.weight": "producer", "gn.scale": "producer",
+                           "gn.bias": "producer", "c2.weight": "consumer"}
+    assert member(tied, "c1.weight").index_map.block == 2
+    assert member(tied, "gn.bias").index_map.block == param_size // 4
+    assert_invariant(model, result)
 
 
 @pytest.mark.parametrize("op_type", ["Softmax", "LogSoftmax"])

@@ -7,6 +7,7 @@ import pytest
 
 from onnxoto.groups import IndexMap
 from onnxoto.partition import partition
+from onnxoto.shrink import shrink
 from tests.graphs import GraphBuilder, assert_invariant, group_with, member, roles
 
 
@@ -63,16 +64,38 @@ def test_depthwise_conv_keeps_its_input_channels(multiplier):
     assert_invariant(model, result)
 
 
-def test_grouped_conv_is_not_prunable_and_says_why():
+@pytest.mark.parametrize(("groups", "c_out"), [(2, 8), (4, 12)])
+def test_grouped_conv_removes_whole_conv_groups(groups, c_out):
+    """ResNeXt/RegNet: a conv group (its C_in/G inputs and C_out/G outputs) is one channel."""
     g = GraphBuilder(seed=3)
     y = g.op("Relu", [g.conv(_image(g), 8, name="c1")])
-    y = g.op("Relu", [g.conv(y, 8, k=3, pad=1, group=2, name="gconv")])
+    y = g.op("Relu", [g.conv(y, c_out, k=3, pad=1, group=groups, bias=True, name="gconv")])
     model = g.build([g.conv(y, 4, name="c3")])
     result = partition(model)
-    assert [grp.size for grp in result.groups] == [8, 8, 4]
-    assert not result.prunable
-    for grp in result.groups[:2]:
-        assert "Conv node 'gconv'" in grp.reason and "grouped conv" in grp.reason, grp.reason
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(groups, True), (4, False)]
+    tied = result.groups[0]
+    assert roles(tied) == {"c1.weight": "producer", "gconv.weight": "attached",
+                           "gconv.bias": "producer", "c3.weight": "consumer"}
+    assert member(tied, "c1.weight").index_map == IndexMap(block=8 // groups)
+    assert member(tied, "gconv.weight").index_map == IndexMap(block=c_out // groups)
+    assert member(tied, "c3.weight").index_map == IndexMap(block=c_out // groups)
+    assert_invariant(model, result)
+    outcome = shrink(model, {tied.id: np.arange(groups) != 0}, result=result)
+    conv = next(n for n in outcome.model.graph.node if n.name == "gconv")
+    assert next(a for a in conv.attribute if a.name == "group").i == groups - 1
+
+
+def test_grouped_conv_of_a_graph_input_ties_output_j_of_every_conv_group():
+    g = GraphBuilder(seed=3)
+    x = g.input("x", [1, 4, 6, 6])
+    y = g.op("Relu", [g.conv(x, 6, k=3, pad=1, group=2, bias=True, name="gconv")])
+    model = g.build([g.conv(y, 4, name="c3")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(3, True), (4, False)]
+    tied = result.groups[0]
+    assert member(tied, "gconv.weight").index_map == IndexMap(block=2, stride=3, step=1)
+    assert member(tied, "c3.weight").index_map == IndexMap(block=2, stride=3, step=1)
+    assert_invariant(model, result)
 
 
 def test_conv_transpose_stem_and_consumer_axes():

@@ -68,7 +68,9 @@ def expected_macs(full: onnx.ModelProto, macs_by_node: dict[str, int], result: P
         if node.name not in macs_by_node:
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        factor = share(node.output[0]) * (share(node.input[0]) if group == 1 else 1.0)
+        batched = result.view.const(node.input[1]) is None  # q @ k^T: heads on a batch axis
+        factor = share(node.output[0]) * (share(node.input[0]) if group == 1 and not batched
+                                          else 1.0)
         total += macs_by_node[node.name] * factor
     return int(round(total))
 

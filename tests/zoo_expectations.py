@@ -44,8 +44,8 @@ GROUP_COUNTS: dict[tuple[str, str], dict[str, int]] = {
                                   "prunable_channels": 372},
     ("stacked_unets", "dynamo"): {"groups": 26, "prunable": 25, "channels": 373,
                                   "prunable_channels": 372},
-    ("carn", "legacy"): {"groups": 9, "prunable": 7, "channels": 179, "prunable_channels": 112},
-    ("carn", "dynamo"): {"groups": 9, "prunable": 7, "channels": 179, "prunable_channels": 112},
-    ("vit", "legacy"): {"groups": 10, "prunable": 2, "channels": 362, "prunable_channels": 128},
-    ("vit", "dynamo"): {"groups": 10, "prunable": 2, "channels": 362, "prunable_channels": 128},
+    ("carn", "legacy"): {"groups": 9, "prunable": 8, "channels": 131, "prunable_channels": 128},
+    ("carn", "dynamo"): {"groups": 9, "prunable": 8, "channels": 131, "prunable_channels": 128},
+    ("vit", "legacy"): {"groups": 6, "prunable": 4, "channels": 178, "prunable_channels": 136},
+    ("vit", "dynamo"): {"groups": 6, "prunable": 4, "channels": 178, "prunable_channels": 136},
 }

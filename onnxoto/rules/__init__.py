@@ -15,8 +15,8 @@ from onnxoto.rules.elementwise import (
 )
 from onnxoto.rules.layout import (
     ConcatRule,
+    DepthToSpaceRule,
     FlattenRule,
-    NotYetRule,
     PadRule,
     ReshapeRule,
     ResizeRule,
@@ -26,15 +26,21 @@ from onnxoto.rules.layout import (
     SqueezeRule,
     TransposeRule,
 )
-from onnxoto.rules.norms import ChannelMixingNormRule, PerChannelNormRule, ReduceRule, SoftmaxRule
+from onnxoto.rules.norms import (
+    ChannelMixingNormRule,
+    GroupNormRule,
+    PerChannelNormRule,
+    ReduceRule,
+    SoftmaxRule,
+)
 from onnxoto.rules.stems import ConvRule, ConvTransposeRule, GemmRule, MatMulRule
 
 RULES: tuple[Rule, ...] = (
     ConvRule(), ConvTransposeRule(), GemmRule(), MatMulRule(),
     ZeroPreservingRule(), NonZeroAtZeroRule(), ClipRule(), PReluRule(), PoolRule(), JoinRule(),
-    PerChannelNormRule(), ChannelMixingNormRule(), SoftmaxRule(), ReduceRule(),
+    PerChannelNormRule(), ChannelMixingNormRule(), GroupNormRule(), SoftmaxRule(), ReduceRule(),
     FlattenRule(), ReshapeRule(), TransposeRule(), SqueezeRule(), ConcatRule(), SplitRule(),
-    SliceRule(), PadRule(), ResizeRule(), ShapeOnlyRule(), NotYetRule(),
+    SliceRule(), PadRule(), ResizeRule(), ShapeOnlyRule(), DepthToSpaceRule(),
 )
 
 DEFAULT_DOMAINS = ("", "ai.onnx")

@@ -60,22 +60,10 @@ def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
     Dims before the channel axis may be symbolic (a dynamic batch); the channel axis and the
     axes after it must be static.
     """
-    ins = [_factor(d) for d in in_shape]
-    if any(f is None or f[1] for f in ins[axis:]) or any(f is None for f in ins):
+    aligned = _after_prefix(in_shape, out_shape, axis)
+    if aligned is None:
         return None
-    known = {d for d in in_shape if isinstance(d, str)}  # other names are inference's unknowns
-    outs = _fill_unknown([_factor(d) if not isinstance(d, str) or d in known else None
-                          for d in out_shape], _product(ins))
-    if outs is None:
-        return None
-    prefix = _product(ins[:axis])
-    channels, tail = ins[axis][0], _product(ins[axis + 1:])[0]
-    acc, j = (1, Counter()), 0
-    while j < len(outs) and acc != prefix:
-        acc = _product([acc, outs[j]])
-        j += 1
-    if acc != prefix:
-        return None
+    outs, j, channels, tail = aligned
     candidates = []  # unit dims right after the prefix make the position ambiguous
     while j < len(outs) and not outs[j][1]:
         dim = outs[j][0]
@@ -91,18 +79,82 @@ def reshape_map(in_shape, out_shape, axis: int) -> tuple[int, int] | None:
     return next((c for c in candidates if c[0] == axis), candidates[-1])
 
 
+def reshape_split(in_shape, out_shape, axis: int) -> tuple[int, tuple[int, ...]] | None:
+    """Where channel axis ``axis`` splits into consecutive output axes: ``(first output axis,
+    sizes)``, the channels being grouped on the second-to-last of those axes. Either an exact
+    split whose axes after it keep their extent (heads x head_dim; 3 x heads x head_dim for a
+    fused qkv), or (groups, C/groups) with the second part merged into the axes after it (the
+    (N, G, C/G*H*W) view of a GroupNorm). None otherwise."""
+    aligned = _after_prefix(in_shape, out_shape, axis)
+    if aligned is None:
+        return None
+    outs, j, channels, tail = aligned
+    while j < len(outs) and outs[j] == (1, Counter()):  # a unit dim belongs to the prefix
+        j += 1
+    dims: list[int] = []
+    while j + len(dims) < len(outs) and not outs[j + len(dims)][1] and \
+            int(np.prod(dims, dtype=np.int64)) < channels:
+        dims.append(outs[j + len(dims)][0])
+    rest = _product(outs[j + len(dims):])
+    if len(dims) >= 2 and int(np.prod(dims, dtype=np.int64)) == channels and \
+            rest == (tail, Counter()):
+        return j, tuple(dims)
+    if not dims or not 1 < dims[0] < channels or channels % dims[0]:
+        return None
+    if _product(outs[j + 1:]) != ((channels // dims[0]) * tail, Counter()):
+        return None
+    return j, (dims[0], channels // dims[0])
+
+
+def _after_prefix(in_shape, out_shape, axis: int):
+    """(output factors, first output index after the dims before the channel axis, channel
+    count, static extent after the channel axis), or None when they cannot be aligned."""
+    ins = [_factor(d) for d in in_shape]
+    if any(f is None or f[1] for f in ins[axis:]) or any(f is None for f in ins):
+        return None
+    known = {d for d in in_shape if isinstance(d, str)}  # other names are inference's unknowns
+    outs = _fill_unknown([_factor(d) if not isinstance(d, str) or d in known else None
+                          for d in out_shape], _product(ins))
+    if outs is None:
+        return None
+    prefix = _product(ins[:axis])
+    acc, j = (1, Counter()), 0
+    while j < len(outs) and acc != prefix:
+        acc = _product([acc, outs[j]])
+        j += 1
+    if acc != prefix:
+        return None
+    return outs, j, ins[axis][0], _product(ins[axis + 1:])[0]
+
+
 def _map_through(node, ctx: Tracer, space: Space, out_shape) -> Space | None:
     in_shape = ctx.shape(node.input[0])
     if in_shape is None or out_shape is None:
         barrier(node, ctx, "has shapes unknown before run time")
         return None
     mapping = reshape_map(in_shape, out_shape, space.axis)
-    if mapping is None:
-        barrier(node, ctx, "splits or mixes the channel axis with other axes (or its shapes "
-                           "are not static from the channel axis on)")
-        return None
-    axis, block = mapping
-    return space.repeated(block, axis) if block > 1 else space.on_axis(axis)
+    if mapping is not None:
+        axis, block = mapping
+        return space.repeated(block, axis) if block > 1 else space.on_axis(axis)
+    split = reshape_split(in_shape, out_shape, space.axis)
+    if split is not None:
+        return _split_heads(ctx, space, *split)
+    barrier(node, ctx, "splits or mixes the channel axis with other axes (or its shapes "
+                       "are not static from the channel axis on)")
+    return None
+
+
+def _split_heads(ctx: Tracer, space: Space, first: int, dims: tuple[int, ...]) -> Space:
+    """The channels split over several axes (an attention head's columns are a block of
+    head_dim, a fused qkv adds a leading 3): the channels stay on the second-to-last of those
+    axes, one per head, and everything a head index covers is tied into one channel (q, k and
+    v of a head die together anyway at the score and value products)."""
+    heads = dims[-2]
+    grid = space.slots.reshape(-1, heads, dims[-1])
+    lead = np.broadcast_to(grid[:1, :, :1], grid.shape)
+    ctx.forest.union(lead.reshape(-1), grid.reshape(-1))
+    dirt = space.dirt.reshape(grid.shape).transpose(1, 0, 2).reshape(heads, -1)
+    return Space(first + len(dims) - 2, grid[0, :, 0].copy(), _first_dirt(dirt))
 
 
 class FlattenRule(Rule):
@@ -164,13 +216,27 @@ def _runtime_target_problem(node, ctx: Tracer, space: Space, out: Space) -> str 
     for position, entry in enumerate(entries):
         if position == out.axis:
             ok = entry == ("const", -1) or (entry == ("dim", data, space.axis) and
-                                            out.size == space.size)
+                                            out.size == space.size) or \
+                _same_channels(ctx, entry, out)
             if not ok:
                 return "fixes the channel count"
         elif entry[0] == "dim" and ctx.view.producer.get(entry[1]) is not None and \
                 ctx.spaces.get(entry[1]) is not None and ctx.spaces[entry[1]].axis == entry[2]:
             return "reads a channel count into another dimension"
     return None
+
+
+def _same_channels(ctx: Tracer, entry: tuple, out: Space) -> bool:
+    """Is ``entry`` the size of a tensor's channel axis holding exactly ``out``'s channels (a
+    GroupNorm view reshaped back to Shape(x)): after shrinking both sizes stay equal."""
+    if entry[0] != "dim":
+        return False
+    other = ctx.spaces.get(entry[1])
+    if other is None or other.axis != entry[2] or other.size != out.size:
+        return False
+    find = ctx.forest.find
+    return all(find(a) == find(b) for a, b in zip(other.slots.tolist(), out.slots.tolist(),
+                                                  strict=True))
 
 
 def _shape_entries(ctx: Tracer, name: str) -> list[tuple] | None:
@@ -467,10 +533,38 @@ class ShapeOnlyRule(Rule):
             ctx.space(name)
 
 
-class NotYetRule(Rule):
-    """Ops whose channel maps are planned (DepthToSpace blocks, attention heads) but not built."""
+class DepthToSpaceRule(Rule):
+    """DepthToSpace / SpaceToDepth move blocks of r*r channels into space and back.
+
+    DepthToSpace: output channel c interleaves r*r input channels (DCR: c + k*C_out, CRD:
+    c*r*r + k), so those input channels are tied into one channel. SpaceToDepth: input channel
+    c reappears at c + k*C for k in 0..r*r-1, each a copy of the same channel.
+    """
 
     op_types = ("DepthToSpace", "SpaceToDepth")
 
-    def trace(self, node, ctx):
-        barrier(node, ctx, "moves channels into space; its block map is not supported yet")
+    def follow(self, node, ctx, space, rank):
+        if space.axis != 1:
+            barrier(node, ctx, "moves axis 1 but the channels are elsewhere")
+            return
+        a = attrs(node)
+        area = int(a["blocksize"]) ** 2
+        if node.op_type == "SpaceToDepth":
+            ctx.set_space(node.output[0], Space(1, np.tile(space.slots, area),
+                                                np.tile(space.dirt, area)))
+            return
+        if space.size % area:
+            barrier(node, ctx, f"has {space.size} channels, not a multiple of blocksize^2")
+            return
+        crd = a.get("mode", b"DCR") in (b"CRD", "CRD")
+        grid = space.slots.reshape(-1, area) if crd else space.slots.reshape(area, -1).T
+        dirt = space.dirt.reshape(-1, area) if crd else space.dirt.reshape(area, -1).T
+        ctx.forest.union(np.repeat(grid[:, 0], area), grid.reshape(-1))
+        ctx.set_space(node.output[0], Space(1, grid[:, 0].copy(), _first_dirt(dirt)))
+
+
+def _first_dirt(dirt: np.ndarray) -> np.ndarray:
+    """Per row, the first non-clean reason (0 if the whole row is clean)."""
+    dirty = dirt != 0
+    first = np.argmax(dirty, axis=1)
+    return np.where(dirty.any(axis=1), dirt[np.arange(dirt.shape[0]), first], 0).astype(np.int32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from onnxoto.rules.base import Rule, attrs, barrier, ints_from, normalize_axis, pass_through
 from onnxoto.spaces import node_label
 
@@ -33,8 +35,7 @@ class ChannelMixingNormRule(Rule):
     a zero channel becomes its bias, which is not zero.
     """
 
-    op_types = ("LayerNormalization", "GroupNormalization", "LpNormalization",
-                "MeanVarianceNormalization")
+    op_types = ("LayerNormalization", "LpNormalization", "MeanVarianceNormalization")
 
     def follow(self, node, ctx, space, rank):
         if rank is None or node.op_type != "LayerNormalization":
@@ -50,6 +51,40 @@ class ChannelMixingNormRule(Rule):
             ctx.set_space(node.output[0], space)
             return
         pass_through(node, ctx, space, dirt="normalizes a zero channel to its bias")
+
+
+class GroupNormRule(Rule):
+    """GroupNormalization: each norm group's statistics count only its own C/G channels, so a
+    whole norm group is one channel: with its inputs zero and its scale and bias zero its
+    outputs are zero, and the other groups do not notice it is gone. ``num_groups`` is
+    rewritten. Scale and bias are per group (opset 18) or per channel (opset 21)."""
+
+    op_types = ("GroupNormalization",)
+
+    def follow(self, node, ctx, space, rank):
+        groups = int(attrs(node)["num_groups"])
+        if space.axis != 1 or space.size % groups:
+            barrier(node, ctx, f"normalizes groups of axis 1, but the channels are not on axis "
+                               f"1 or not a multiple of num_groups={groups}")
+            return
+        grid = space.slots.reshape(groups, -1)
+        ctx.forest.union(np.repeat(grid[:, 0], grid.shape[1]), grid.reshape(-1))
+        for name in node.input[1:3]:
+            param = ctx.const(name)
+            slots = grid[:, 0] if param is not None and param.size == groups else space.slots
+            if param is None or param.size != slots.size or \
+                    not ctx.const_member(name, param.ndim - 1, "producer", slots, node):
+                barrier(node, ctx, f"has parameter '{name}' that is not one constant per "
+                                   f"group or channel")
+                return
+        ctx.set_space(node.output[0], space.cleaned())
+
+    def rewrite(self, node, edit):
+        keep = edit.keep(node.input[0])
+        if keep is None:
+            return
+        per_group = keep.size // int(attrs(node)["num_groups"])
+        edit.set_attr("num_groups", int(keep.sum()) // per_group)
 
 
 class SoftmaxRule(Rule):

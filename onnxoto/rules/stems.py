@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from onnxoto.rules.base import Edit, Rule, attrs, barrier, input_at
@@ -33,10 +34,14 @@ def _stem_output(node: onnx.NodeProto, ctx: Tracer, size: int, axis: int,
 
 
 class ConvRule(Rule):
-    """Conv: plain (group 1) is a stem; depthwise (group == C_in) keeps its input's channels.
+    """Conv: plain (group 1) is a stem; a grouped conv keeps its input's channels per conv group.
 
-    A depthwise conv with multiplier k maps input channel c to outputs [c*k, c*k+k).
-    General grouped convs tie channels inside each conv group: not pruned yet.
+    Conv group g reads only input channels [g*C_in/G, (g+1)*C_in/G) and writes only outputs
+    [g*C_out/G, (g+1)*C_out/G): with those inputs zero and its bias zero, its outputs are zero.
+    So a conv group is one channel, input and output side together, and removing it lowers
+    ``group`` (depthwise: C_in/G = 1, a channel with its k = C_out/G outputs). With no channels
+    coming in, the outputs are new channels, output j of every conv group tied so the conv
+    groups stay equal.
     """
 
     op_types = ("Conv",)
@@ -53,22 +58,27 @@ class ConvRule(Rule):
             _consume(node, ctx, node.input[0], 1, weight, 1)
             _stem_output(node, ctx, c_out, 1, [(weight, 0), (bias, 0)])
             return
-        if c_in_per_group == 1 and c_out % group == 0:
-            self._depthwise(node, ctx, weight, bias, c_out // group)
+        if c_out % group:
+            barrier(node, ctx, f"has {c_out} outputs, not a multiple of group={group}")
             return
-        barrier(node, ctx, f"is a grouped conv (group={group}); only group=1 and depthwise "
-                           f"convs are pruned so far")
-        _stem_output_tainted(node, ctx, c_out, f"{node_label(node)} is a grouped conv")
-
-    @staticmethod
-    def _depthwise(node, ctx: Tracer, weight: str, bias: str, multiplier: int) -> None:
         space = ctx.space(node.input[0])
         if space is None:
+            tied = ctx.new_space(c_out // group, 1)
+            out = Space(1, np.tile(tied.slots, group), np.tile(tied.dirt, group))
+            for name in (weight, bias):
+                if name:
+                    ctx.const_member(name, 0, "producer", out.slots, node)
+            ctx.set_space(node.output[0], out)
             return
-        if space.axis != 1:
-            barrier(node, ctx, "reads channels that are not on axis 1")
+        if space.axis != 1 or space.size != group * c_in_per_group:
+            barrier(node, ctx, "reads channels that are not its group x C_in/group inputs on "
+                               "axis 1")
             return
-        out = space.repeated(multiplier, 1)
+        grid = space.slots.reshape(group, c_in_per_group)
+        ctx.forest.union(np.repeat(grid[:, 0], c_in_per_group), grid.reshape(-1))
+        per_group = c_out // group
+        dirt = space.dirt.reshape(group, c_in_per_group).max(axis=1)
+        out = Space(1, np.repeat(grid[:, 0], per_group), np.repeat(dirt, per_group))
         ctx.const_member(weight, 0, "attached", out.slots, node)
         if bias:
             ctx.const_member(bias, 0, "producer", out.slots, node)
@@ -76,15 +86,11 @@ class ConvRule(Rule):
 
     def rewrite(self, node, edit: Edit):
         group = int(attrs(node).get("group", 1))
-        if group == 1:
-            return
         kept = edit.kept_count(node.input[0])
-        if kept is not None:
-            edit.set_attr("group", kept)
-
-
-def _stem_output_tainted(node, ctx: Tracer, size: int, why: str) -> None:
-    ctx.set_space(node.output[0], ctx.new_space(size, 1, taint=why))
+        weight = edit.const(node.input[1])
+        if group == 1 or kept is None or weight is None:
+            return
+        edit.set_attr("group", kept // int(weight.shape[1]))
 
 
 class ConvTransposeRule(Rule):
@@ -143,7 +149,10 @@ class GemmRule(Rule):
 class MatMulRule(Rule):
     """MatMul with a constant 2-D right operand is a Linear layer: its last axis is a stem.
 
-    MatMul of two run-time tensors (attention scores) is not pruned yet.
+    MatMul of two run-time tensors (attention's q @ k^T and attn @ v) carries channels that sit
+    on a batch axis (heads), on the rows of the left operand or the columns of the right: each
+    output entry is zero when its head (row, column) is zero in either operand, so operands
+    that both carry the axis are joined. Channels on the contracted axis stop here.
     """
 
     op_types = ("MatMul",)
@@ -152,12 +161,42 @@ class MatMulRule(Rule):
         weight = node.input[1]
         w = ctx.const(weight)
         rank = ctx.rank(node.input[0])
-        if w is None or w.ndim != 2 or rank is None or rank < 2:
-            barrier(node, ctx, "multiplies two run-time tensors (attention?); heads are not "
-                               "pruned so far")
+        if w is None:
+            self._product(node, ctx)
+            return
+        if w.ndim != 2 or rank is None or rank < 2:
+            barrier(node, ctx, "has a constant operand that is not a 2-D weight")
             return
         if ctx.view.const_source(weight) is None:
             barrier(node, ctx, "has a constant operand that is computed by other nodes")
             return
         _consume(node, ctx, node.input[0], rank - 1, weight, 0)
         _stem_output(node, ctx, int(w.shape[1]), rank - 1, [(weight, 1)])
+
+    @staticmethod
+    def _product(node, ctx: Tracer) -> None:
+        spaces = [ctx.space(name) for name in node.input[:2]]
+        if not any(spaces):
+            return
+        ranks = [ctx.rank(name) for name in node.input[:2]]
+        out_rank = ctx.rank(node.output[0])
+        if out_rank is None or any(r is None or r < 2 for r in ranks):
+            barrier(node, ctx, "multiplies tensors of unknown or vector rank")
+            return
+        placed = []
+        for side, (space, rank) in enumerate(zip(spaces, ranks, strict=True)):
+            if space is None:
+                continue
+            if space.axis == rank - 1 - side:
+                barrier(node, ctx, "sums over the channel axis (a product of two run-time "
+                                   "tensors)")
+                return
+            placed.append(space.on_axis(space.axis + out_rank - rank))
+        if len(placed) == 2:
+            a, b = placed
+            if a.axis != b.axis or a.size != b.size or a.axis >= out_rank - 2:
+                barrier(node, ctx, "multiplies channels that do not line up (different axes "
+                                   "or sizes)")
+                return
+            placed = [ctx.join(a, b, zero_if="either")]
+        ctx.set_space(node.output[0], placed[0])
