@@ -127,15 +127,13 @@ def mask_command(model: Path, ratio: float, criterion: str, output: Path, as_jso
     Example:
       onnxoto mask resnet.onnx --ratio 0.5 -o masks.npz
     """
-    from onnxoto.graph import load_model
     from onnxoto.groups import save_masks
     from onnxoto.masking import magnitude_masks
     from onnxoto.partition import partition
 
     _check_output([model], output)
-    proto = load_model(model)
     result = partition(model)
-    masks = magnitude_masks(proto, result.groups, ratio=ratio, criterion=criterion)
+    masks = magnitude_masks(result.model, result.groups, ratio=ratio, criterion=criterion)
     save_masks(output, masks, model_sha256=result.model_info["sha256"])
     rows = [{"group": gid, "kept": int(keep.sum()), "size": int(keep.size)}
             for gid, keep in sorted(masks.items())]
@@ -203,7 +201,7 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
     result = partition(model)
     model_sha = result.model_info["sha256"]
     if zeros:
-        masks = masks_from_zeros(full, result.groups, tol=tol)
+        masks = masks_from_zeros(result.model, result.groups, tol=tol)
     else:
         masks = load_masks(mask_path, result.groups, model_sha256=model_sha)
         recorded = mask_file_sha(mask_path)
@@ -269,7 +267,7 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
     if mask_path is not None:
         result = partition(full)
         masks = load_masks(mask_path, result.groups, model_sha256=result.model_info["sha256"])
-        reference = zero_channels(reference, result.groups, masks)
+        reference = zero_channels(result.model, result.groups, masks)
     comparison = compare(reference, candidate, samples=samples, seed=seed, rtol=rtol,
                          atol=atol, dynamic_dim=dynamic_dim, shapes=input_shapes or None)
     if as_json:

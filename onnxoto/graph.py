@@ -141,6 +141,23 @@ class GraphView:
         return None if shape is None else len(shape)
 
 
+def reads(node: onnx.NodeProto) -> list[str]:
+    """Names a node reads: its inputs, and names read inside its subgraphs (If/Loop/Scan
+    bodies see the outer scope), recursively. Names a body defines itself are included too;
+    callers look names up in the outer graph, where those do not exist."""
+    names = [n for n in node.input if n]
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in graph.node:
+                names.extend(reads(inner))
+    return names
+
+
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute)
+
+
 def build_view(model: onnx.ModelProto) -> GraphView:
     """Collect constants, inferred shapes and edge maps. Unknown dims become None."""
     graph = model.graph
@@ -164,6 +181,10 @@ def build_view(model: onnx.ModelProto) -> GraphView:
         for inp in node.input:
             if inp:
                 view.consumers.setdefault(inp, []).append(node)
+        if has_subgraph(node):  # an If/Loop/Scan body reading outer tensors consumes them too
+            for inp in dict.fromkeys(reads(node)):
+                if inp not in node.input:
+                    view.consumers.setdefault(inp, []).append(node)
     view.shapes = shape_map(model, symbols=True)
     for name, value in view.constants.items():
         view.shapes[name] = tuple(int(d) for d in value.shape)

@@ -9,8 +9,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxoto.canonical import canonicalize
+from onnxoto.coverage import coverage_summary
 from onnxoto.errors import OnnxotoError
-from onnxoto.graph import GraphView, ModelLike, build_view, file_sha256, load_model
+from onnxoto.graph import (
+    GraphView,
+    ModelLike,
+    build_view,
+    file_sha256,
+    has_subgraph,
+    load_model,
+    reads,
+)
 from onnxoto.groups import (
     Group,
     IndexMap,
@@ -39,6 +49,12 @@ class Partition:
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The canonical graph the groups were found on (see onnxoto.canonical): member names
+        refer to it, and shrink slices it."""
+        return self.view.model
+
     def slot_keep(self, masks: dict[int, np.ndarray]) -> np.ndarray:
         """Keep flag of every slot under ``masks`` (groups not in masks are kept)."""
         keep = np.ones(self.slot_group.shape[0], dtype=bool)
@@ -64,15 +80,20 @@ def opset_of(model: onnx.ModelProto) -> int:
 def partition(model: ModelLike) -> Partition:
     """Find the zero-invariant groups of a model (path or proto).
 
-    Every op passes through its rule; ops with no rule, graph outputs and shared initializers
-    make the groups they touch non-prunable, each with a reason naming the node.
+    The groups are those of the canonical graph (``result.model``; see onnxoto.canonical).
+    Every op passes through its rule; ops with no rule, graph outputs, reads from inside
+    subgraphs and shared initializers make the groups they touch non-prunable, each with a
+    reason naming the node. Raises OnnxotoError for a quantized model.
     """
     proto = load_model(model)
     info: dict = {"path": None, "sha256": None}
-    if not isinstance(model, onnx.ModelProto):
+    owned = not isinstance(model, onnx.ModelProto)
+    if owned:
         info = {"path": str(Path(model)), "sha256": file_sha256(model)}
-    view = build_view(proto)
-    tracer = trace(view, opset_of(proto))
+    where = f"'{info['path']}'" if owned else "model"
+    canonical = canonicalize(proto, where=where, in_place=owned)
+    view = build_view(canonical)
+    tracer = trace(view, opset_of(canonical))
     result = form_groups(tracer, info)
     if not any(True for _ in _stems(result)):
         where = info["path"] or "model"
@@ -91,16 +112,19 @@ def trace(view: GraphView, opset: int) -> Tracer:
     for node in view.model.graph.node:
         rule = rule_for(node, opset)
         tracer.read.clear()
+        if has_subgraph(node):
+            _taint_subgraph_reads(node, tracer)
         if rule is None:
             tracer.taint_inputs(node, f"{node_label(node)} has no onnxoto rule "
                                       f"(domain '{node.domain or 'ai.onnx'}', opset {opset}); "
-                                      f"its channels are kept")
+                                      f"its channels are kept", kind=f"unknown op {node.op_type}")
             continue
         try:
             rule.trace(node, tracer)
         except Exception as exc:  # a rule bug must cost prunability, never a wrong model
             tracer.taint_inputs(node, f"{node_label(node)}: onnxoto's rule failed here "
-                                      f"({type(exc).__name__}: {exc}); please report it")
+                                      f"({type(exc).__name__}: {exc}); please report it",
+                                kind="rule failed")
             for out in node.output:
                 tracer.spaces.pop(out, None)
             continue
@@ -109,8 +133,19 @@ def trace(view: GraphView, opset: int) -> Tracer:
                 tracer.taint(tracer.spaces[name], f"{node_label(node)} reads '{name}' in a way "
                                                   f"onnxoto does not follow")
     for name in view.graph_outputs:
-        tracer.taint(tracer.spaces.get(name), f"channels reach graph output '{name}'")
+        tracer.taint(tracer.spaces.get(name), f"channels reach graph output '{name}'",
+                     kind="graph output")
     return tracer
+
+
+def _taint_subgraph_reads(node: onnx.NodeProto, tracer: Tracer) -> None:
+    """An If/Loop/Scan body reading an outer tensor consumes its channels: no rule follows
+    channels into bodies, so those channels are kept."""
+    for name in dict.fromkeys(reads(node)):
+        if name not in node.input:
+            tracer.taint(tracer.spaces.get(name), f"{node_label(node)} reads '{name}' inside "
+                                                  f"its subgraph; its channels are kept",
+                         kind="subgraph")
 
 
 def form_groups(tracer: Tracer, info: dict) -> Partition:
@@ -156,23 +191,36 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
             _add_reason(reasons[gid], tracer.reasons[rid])
     members: list[list[Member]] = [[] for _ in sizes]
     for record in tracer.members:
-        _split_record(record, slot_group, slot_channel, sizes, members, reasons, tracer.view)
-    _check_shared(members, reasons)
+        _split_record(record, slot_group, slot_channel, sizes, members, reasons, tracer)
+    _check_shared(members, reasons, tracer)
 
     groups = []
     for gid, size in enumerate(sizes):
-        why = list(reasons[gid])
         if not any(m.role == "producer" for m in members[gid]):
-            _add_reason(why, "no producer weights (nothing can zero these channels)")
-        groups.append(Group(id=gid, size=size, prunable=not why,
-                            reason="; ".join(why[:3]) + (f" (and {len(why) - 3} more)"
-                                                          if len(why) > 3 else "") or None,
+            _add_reason(reasons[gid], tracer.note("no producer weights (nothing can zero "
+                                                  "these channels)", "no producer weights"))
+        groups.append(Group(id=gid, size=size, prunable=not reasons[gid],
+                            reason=_one_line_per_kind(reasons[gid], tracer.kinds) or None,
                             members=members[gid]))
     shapes = {name: tuple(v.shape) for name, v in tracer.view.constants.items()
               if name in tracer.view.initializers or name in tracer.view.constant_nodes}
-    return Partition(groups=groups, summary=summarize(groups, shapes), model_info=info,
-                     view=tracer.view, spaces=tracer.spaces, slot_group=slot_group,
-                     slot_channel=slot_channel)
+    result = Partition(groups=groups, summary=summarize(groups, shapes), model_info=info,
+                       view=tracer.view, spaces=tracer.spaces, slot_group=slot_group,
+                       slot_channel=slot_channel)
+    result.summary.update(coverage_summary(result, reasons, tracer.kinds))
+    return result
+
+
+def _one_line_per_kind(reasons: list[str], kinds: dict[str, str], *, shown: int = 3) -> str:
+    """A group's reasons, one per kind: five LayerNorms reading one residual stream are one
+    line naming the first, not five (nor one per Add the stream passes)."""
+    by_kind: dict[str, list[str]] = {}
+    for text in reasons:
+        by_kind.setdefault(kinds.get(text, "other"), []).append(text)
+    lines = [texts[0] + (f" (and {len(texts) - 1} more {kind})" if len(texts) > 1 else "")
+             for kind, texts in by_kind.items()]
+    more = f" (and {len(lines) - shown} more kinds of reason)" if len(lines) > shown else ""
+    return "; ".join(lines[:shown]) + more
 
 
 def _coverage_signatures(tracer: Tracer, roots: np.ndarray) -> np.ndarray:
@@ -191,22 +239,23 @@ def _add_reason(reasons: list[str], text: str) -> None:
 
 
 def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members, reasons,
-                  view: GraphView) -> None:
+                  tracer: Tracer) -> None:
     """Turn one traced member (index -> slot) into one Member per group it touches."""
+    view = tracer.view
     groups_here = slot_group[record.slots]
     channels_here = slot_channel[record.slots]
     users = view.consumers.get(record.initializer, [])
     first = int(groups_here[0])
     if len(record.slots) != _axis_length(view, record.initializer, record.axis):
         for gid in np.unique(groups_here).tolist():
-            _add_reason(reasons[gid], f"'{record.initializer}' axis {record.axis} does not have "
-                                      f"the {len(record.slots)} entries its channels need")
+            _add_reason(reasons[gid], tracer.note(
+                f"'{record.initializer}' axis {record.axis} does not have the "
+                f"{len(record.slots)} entries its channels need", "member does not fit"))
         return
     if (groups_here == first).all() and channels_here.shape[0] == sizes[first] and \
             (channels_here == np.arange(sizes[first])).all():  # the common case: 1:1
         if len(users) > 1:
-            _add_reason(reasons[first], f"initializer '{record.initializer}' is shared by "
-                                        f"{len(users)} nodes")
+            _add_reason(reasons[first], _shared(record.initializer, users, tracer))
         members[first].append(Member(record.initializer, record.axis, record.role, IndexMap(),
                                      record.node))
         return
@@ -220,14 +269,22 @@ def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members
             rows = selected[order].reshape(sizes[gid], int(counts[0]))
             index_map = IndexMap.fit(rows)
         if index_map is None:
-            _add_reason(reasons[gid], f"'{record.initializer}' axis {record.axis} does not map "
-                                      f"channel by channel onto this group")
+            _add_reason(reasons[gid], tracer.note(
+                f"'{record.initializer}' axis {record.axis} does not map channel by channel "
+                f"onto this group", "member does not fit"))
             continue
         if len(users) > 1:
-            _add_reason(reasons[gid], f"initializer '{record.initializer}' is shared by "
-                                      f"{len(users)} nodes")
+            _add_reason(reasons[gid], _shared(record.initializer, users, tracer))
         members[gid].append(Member(record.initializer, record.axis, record.role, index_map,
                                    record.node))
+
+
+def _shared(initializer: str, users: list, tracer: Tracer) -> str:
+    """Left shared after canonicalization: a read from inside a subgraph, or one node reading
+    it twice; slicing it for one use would change the other."""
+    names = ", ".join(f"'{u.name}'" for u in users[:3])
+    return tracer.note(f"initializer '{initializer}' is also read by another node ({names})",
+                       "shared initializer")
 
 
 def _axis_length(view: GraphView, initializer: str, axis: int) -> int | None:
@@ -235,7 +292,7 @@ def _axis_length(view: GraphView, initializer: str, axis: int) -> int | None:
     return shape[axis] if shape is not None and axis < len(shape) else None
 
 
-def _check_shared(members: list[list[Member]], reasons: list[list[str]]) -> None:
+def _check_shared(members: list[list[Member]], reasons: list[list[str]], tracer: Tracer) -> None:
     """One initializer axis claimed twice with different maps cannot be sliced consistently."""
     claimed: dict[tuple[str, int], list[tuple[int, Member]]] = {}
     for gid, group_members in enumerate(members):
@@ -245,8 +302,9 @@ def _check_shared(members: list[list[Member]], reasons: list[list[str]]) -> None
         nodes = {m.node for _, m in claims}
         if len(nodes) > 1:
             for gid, _ in claims:
-                _add_reason(reasons[gid], f"initializer '{name}' axis {axis} is claimed by "
-                                          f"nodes {', '.join(sorted(nodes))}")
+                _add_reason(reasons[gid], tracer.note(
+                    f"initializer '{name}' axis {axis} is claimed by nodes "
+                    f"{', '.join(sorted(nodes))}", "shared initializer"))
 
 
 def explain(result: Partition, name: str) -> str:

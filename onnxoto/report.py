@@ -23,7 +23,8 @@ from onnxoto.validate import describe_tolerances
 
 
 def render_partition(result: Partition) -> str:
-    """Summary table, the prunable groups by size, and the top reasons for the rest."""
+    """Summary table (with the removable-MACs ceiling), the reasons for the rest by kind, and
+    the top reasons in full."""
     s = result.summary
     rows = [
         ("groups", s["groups"]),
@@ -33,8 +34,15 @@ def render_partition(result: Partition) -> str:
         ("parameters", s["params"]),
         ("parameters in prunable groups", s["params_in_groups"]),
         ("share in prunable groups", Percent(s["params_in_groups_share"])),
+        ("MACs", s["macs"]),
+        ("removable MACs (ceiling: each group keeps 1)", Percent(s["removable_macs_share"])),
     ]
     text = [render_table(rows, ("partition", "value"))]
+    if s["reasons_by_kind"]:
+        text.append("")
+        text.append(render_table([(r["kind"], r["groups"], r["channels"])
+                                  for r in s["reasons_by_kind"]],
+                                 ("why not prunable (by kind)", "groups", "channels")))
     if s["top_reasons"]:
         text.append("")
         text.append(render_table([(r["reason"], r["groups"]) for r in s["top_reasons"]],

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxoto.canonical import canonicalize
 from onnxoto.files import (  # noqa: F401  (moved to files.py; old imports keep working)
     EXTERNAL_DATA_LIMIT,
     save_model,
@@ -97,7 +98,9 @@ def shrink(model: ModelLike, masks: Mapping, *, options: ShrinkOptions = ShrinkO
 
     ``masks`` maps group ids (or "g<id>") to boolean keep vectors; groups not listed are kept.
     """
-    full = load_model(model)
+    # The canonical graph (deterministic names, so a given ``result`` matches it) is what is
+    # sliced and what the slim model is.
+    full = canonicalize(load_model(model), in_place=not isinstance(model, onnx.ModelProto))
     result = result or partition(full)
     masks = round_masks(full, result, normalize_masks(masks, result), options.round_to)
     slim = slice_model(full, result, masks)

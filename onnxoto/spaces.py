@@ -12,6 +12,7 @@ Two kinds of bad news are tracked separately:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,17 +109,28 @@ class Tracer:
     taints: list[tuple[np.ndarray, int]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=lambda: [""])
     read: set[str] = field(default_factory=set)
+    kinds: dict[str, str] = field(default_factory=dict)
     _reason_ids: dict[str, int] = field(default_factory=dict)
 
     # --- reasons -------------------------------------------------------------------------
-    def reason(self, text: str) -> int:
-        """Intern a human-readable reason; returns its id (never 0, which means clean)."""
+    def reason(self, text: str, kind: str | None = None) -> int:
+        """Intern a human-readable reason; returns its id (never 0, which means clean).
+
+        ``kind`` groups reasons in the summary ("graph output", "subgraph"...); defaults
+        to the op type of the node the text starts with (see ``node_label``).
+        """
         rid = self._reason_ids.get(text)
         if rid is None:
             rid = len(self.reasons)
             self.reasons.append(text)
             self._reason_ids[text] = rid
+            self.kinds[text] = kind or kind_of(text)
         return rid
+
+    def note(self, text: str, kind: str) -> str:
+        """Register a reason made outside tracing (when groups are formed); returns the text."""
+        self.reason(text, kind)
+        return text
 
     # --- spaces --------------------------------------------------------------------------
     def space(self, tensor: str) -> Space | None:
@@ -154,13 +166,13 @@ class Tracer:
         return Space(a.axis, a.slots, dirt.astype(np.int32))
 
     # --- taints --------------------------------------------------------------------------
-    def taint(self, space: Space | None, text: str) -> None:
+    def taint(self, space: Space | None, text: str, kind: str | None = None) -> None:
         if space is not None and space.size:
-            self.taints.append((space.slots, self.reason(text)))
+            self.taints.append((space.slots, self.reason(text, kind)))
 
-    def taint_inputs(self, node, text: str) -> None:
+    def taint_inputs(self, node, text: str, kind: str | None = None) -> None:
         for name in node.input:
-            self.taint(self.space(name), text)
+            self.taint(self.space(name), text, kind)
 
     def consume(self, space: Space, node) -> None:
         """A consumer reads these channels: any that are not exactly zero taint their group."""
@@ -170,7 +182,8 @@ class Tracer:
         for rid in np.unique(space.dirt[dirty]).tolist():
             where = space.dirt == rid
             text = f"{self.reasons[rid]}, and {node_label(node)} reads that value"
-            self.taints.append((space.slots[where], self.reason(text)))
+            kind = self.kinds[self.reasons[rid]]
+            self.taints.append((space.slots[where], self.reason(text, kind)))
 
     # --- members -------------------------------------------------------------------------
     def member(self, initializer: str, axis: int, role: str, slots: np.ndarray, node) -> None:
@@ -204,3 +217,12 @@ class Tracer:
 def node_label(node) -> str:
     """How reasons name a node: op type and name, so a person can find it in Netron."""
     return f"{node.op_type} node '{node.name}'"
+
+
+_LABEL = re.compile(r"(\w+) node '")
+
+
+def kind_of(text: str) -> str:
+    """A reason's kind when none was given: the op type of the node it opens with."""
+    match = _LABEL.match(text)
+    return match.group(1) if match else "other"

@@ -246,3 +246,39 @@ def gap_of(model: onnx.ModelProto, group: Group, seed: int = 0) -> float:
     """The invariance gap of one group (prunable or not), for tests that show a barrier's why."""
     inputs = runtime.random_inputs(model, seed=3)
     return invariance_gap(model, group, removal_mask(group, seed), inputs)[0]
+
+
+# --- exporter spellings that the canonical pass must undo ------------------------------------
+def computed_bias(g: GraphBuilder, data: str, weight: str) -> str:
+    """torch 2.14's dynamo spelling of a missing Conv bias: zeros of ``data``'s dtype, expanded
+    to ``weight``'s first dim at run time (``data`` is a graph input, so not constant)."""
+    zero = g.const(g._fresh("zero"), np.array(0.0, dtype=np.float32))
+    cast = g.op("CastLike", [zero, data])
+    size = g.op("Shape", [weight], start=0, end=1)
+    return g.op("Expand", [cast, size])
+
+
+def with_computed_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` where every bias-less Conv gets ``computed_bias`` of the first graph
+    input, as torch 2.14's dynamo exporter writes it (opset >= 15)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    data = out.graph.input[0].name
+    nodes = []
+    for index, node in enumerate(out.graph.node):
+        if node.op_type == "Conv" and len(node.input) == 2:
+            stem = f"bias{index}"
+            nodes += [
+                helper.make_node("Constant", [], [f"{stem}_zero"], name=f"{stem}_zero",
+                                 value=numpy_helper.from_array(np.array(0.0, np.float32))),
+                helper.make_node("CastLike", [f"{stem}_zero", data], [f"{stem}_cast"],
+                                 name=f"{stem}_cast"),
+                helper.make_node("Shape", [node.input[1]], [f"{stem}_size"], name=f"{stem}_size",
+                                 start=0, end=1),
+                helper.make_node("Expand", [f"{stem}_cast", f"{stem}_size"], [stem], name=stem),
+            ]
+            node.input.append(stem)
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out

@@ -490,17 +490,3 @@ def test_reaching_a_graph_output_is_not_prunable():
     result = partition(model)
     assert _sizes(result) == [(8, False), (5, False)]
     assert f"channels reach graph output '{stem}'" in result.groups[0].reason
-
-
-def test_initializer_shared_by_two_convs_is_not_prunable():
-    g = GraphBuilder(seed=79)
-    x = g.input("x", [1, 3, 4, 4])
-    w = g.weight("shared.weight", [8, 3, 3, 3])
-    a = g.op("Relu", [g.op("Conv", [x, w], name="ca", pads=[1, 1, 1, 1])])
-    b = g.op("Relu", [g.op("Conv", [x, w], name="cb", pads=[1, 1, 1, 1])])
-    y = g.op("Add", [g.conv(a, 4, name="c2"), g.conv(b, 4, name="c3")])
-    model = g.build([y])
-    result = partition(model)
-    assert _sizes(result) == [(8, False), (8, False), (4, False)]
-    for grp in result.groups[:2]:
-        assert "initializer 'shared.weight' is shared by 2 nodes" in grp.reason, grp.reason

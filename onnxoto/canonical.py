@@ -1,0 +1,286 @@
+"""The canonical graph every command works on: computed constants folded, shared weights split.
+
+Exporters differ by version in how they spell the same network. torch 2.14's dynamo exporter
+computes a missing Conv bias at run time (``Expand(CastLike(0, x), Shape(W)[0:1])``); the legacy
+exporter merges equal parameters into one initializer fed through ``Identity`` nodes; onnxsim
+merges them into one initializer read directly by several nodes. A computed tensor has no
+initializer to slice and a shared one cannot be sliced per use, so either would bar its groups.
+``canonicalize`` turns all of these into plain per-use initializers, in memory (the input file is
+never touched), so the groups partition finds are the groups shrink can slice. Partition, shrink
+and the written slim model all use the canonical graph.
+
+Only the part of the graph that is computable before run time goes through onnx-graphsurgeon
+(``fold_constants``, ``cleanup``, ``toposort``): importing the whole graph would copy every weight
+twice. The pass is skipped when a cheap scan finds nothing to fold or split (most exports).
+Shapes of activations are not folded: an export's batch size is usually its example's, and
+baking it into Reshape targets would fix the slim model's batch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxoto.errors import OnnxotoError
+from onnxoto.graph import has_subgraph, infer_shapes, reads
+
+# Folded tensors over this many bytes stay computed (a Tile to a huge shape is not a weight).
+FOLD_LIMIT_BYTES = 1 << 24
+
+# Ops that compute with quantized integers or convert to and from them.
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+    "MatMulInteger", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+    "MatMulNBits", "QOrderedMatMul",
+})
+
+# A single-use view of a weight: rules already look through it to the initializer, and folding
+# it would only rename the weight (state_dict names would be lost).
+WEIGHT_VIEWS = ("Identity", "Transpose", "Cast")
+
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What the cheap scan found: top-level nodes (indices) computable before run time, and
+    float weights read by more than one node."""
+
+    foldable: tuple[int, ...]
+    shared: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.foldable or self.shared)
+
+
+def refuse_quantized(model: onnx.ModelProto, where: str) -> None:
+    """Quantized graphs are refused: their channels live in scale/zero-point tensors no rule
+    follows yet. Raises OnnxotoError naming the first quantized node."""
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+            raise OnnxotoError(f"{where}: quantized (QDQ) model ({node.op_type} node "
+                               f"'{node.name}'): prune the float model, then quantize; "
+                               f"see README")
+
+
+def scan(model: onnx.ModelProto) -> Scan:
+    """One pass over the top-level nodes: which would fold, which float weights are shared."""
+    graph = model.graph
+    readers = Counter(name for node in graph.node for name in set(node.input) if name)
+    initializers = {t.name: t for t in graph.initializer}
+    known = set(initializers)
+    foldable = []
+    for index, node in enumerate(graph.node):
+        if node.op_type == "Constant":
+            known.update(node.output)
+            continue
+        inputs = [name for name in node.input if name]
+        if node.op_type == "CastLike":  # only its first input's value matters
+            inputs = inputs[:1]
+        if inputs and all(name in known for name in inputs) and not has_subgraph(node):
+            known.update(node.output)
+            if not _is_weight_view(node, initializers, readers):
+                foldable.append(index)
+    shared = tuple(name for name, t in initializers.items()
+                   if readers[name] > 1 and _splittable(t))
+    return Scan(tuple(foldable), shared)
+
+
+def canonicalize(model: onnx.ModelProto, *, where: str = "model",
+                 in_place: bool = False) -> onnx.ModelProto:
+    """The canonical graph of ``model``: ``model`` itself when there is nothing to do.
+
+    Folds every node computable from initializers and constants (a CastLike of a constant
+    becomes a Cast to its other input's type first), then gives every further node that reads
+    a shared float weight its own copy. Deterministic: the canonical graph of one model always
+    has the same tensor names. ``in_place`` edits ``model`` itself (when the caller owns it,
+    e.g. just loaded it); otherwise a changed graph is a copy. Defaults to a copy.
+    Raises OnnxotoError for a quantized model.
+    """
+    refuse_quantized(model, where)
+    found = scan(model)
+    if not found:
+        return model
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    if found.foldable:
+        fold(model, found.foldable, where=where)
+    split_shared(model)
+    return model
+
+
+def fold(model: onnx.ModelProto, foldable: tuple[int, ...], *, where: str = "model") -> None:
+    """Replace the ``foldable`` nodes by initializers of the values they compute, in place.
+
+    The constant part of the graph is cut out as a small model (a weight only measured by
+    Shape is not copied into it), folded by graphsurgeon, and spliced back. If folding
+    fails, the model stays as it was, with a warning: computed tensors then stay barriers,
+    which is safe.
+    """
+    small, boundary = _constant_part(model, foldable)
+    try:
+        values = _fold_with_graphsurgeon(small, boundary)
+    except Exception as exc:  # graphsurgeon and onnxruntime raise many types
+        warnings.warn(f"{where}: constant folding failed ({str(exc).splitlines()[0]}); "
+                      f"computed tensors are kept as they are", stacklevel=3)
+        return
+    graph = model.graph
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in values.items())
+    _drop_dead(graph, candidates=set(_fold_sources(model, foldable)), folded=set(values))
+
+
+def _fold_sources(model: onnx.ModelProto, foldable: tuple[int, ...]) -> list[int]:
+    """The foldable nodes and the Constant/weight-view nodes they read."""
+    graph = model.graph
+    chosen = set(foldable)
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    for index in foldable:
+        for name in graph.node[index].input:
+            source = producer.get(name)
+            if source is not None and source not in chosen:
+                chosen.add(source)
+    return sorted(chosen)
+
+
+def _constant_part(model: onnx.ModelProto,
+                   foldable: tuple[int, ...]) -> tuple[onnx.ModelProto, list[str]]:
+    """The foldable nodes as a model of their own, and the tensors the rest of the graph reads
+    from them (its outputs)."""
+    graph = model.graph
+    indices = _fold_sources(model, foldable)
+    nodes = [graph.node[i] for i in indices]
+    produced = {out for node in nodes for out in node.output}
+    inside = set(indices)
+    outside = {name for i, node in enumerate(graph.node) if i not in inside
+               for name in reads(node)} | {o.name for o in graph.output}
+    boundary = [out for node in nodes for out in node.output if out in outside]
+    initializers = {t.name: t for t in graph.initializer}
+    small_nodes = []
+    for node in nodes:
+        if node.op_type == "Shape" and node.input[0] in initializers:
+            node = _weight_shape(node, initializers[node.input[0]])
+        elif node.op_type == "CastLike":
+            target = _elem_type(model, node.input[1])
+            if not target:
+                continue
+            node = helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name,
+                                    to=int(target))
+        small_nodes.append(node)
+    read = sorted({name for node in small_nodes for name in node.input if name in initializers})
+    small = helper.make_model(
+        helper.make_graph(small_nodes, "constant_part", [], [],
+                          initializer=[initializers[name] for name in read]),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    typed = {v.name: v for v in onnx.shape_inference.infer_shapes(small).graph.value_info}
+    boundary = [name for name in boundary if name in produced and name in typed]
+    small.graph.output.extend(typed[name] for name in boundary)
+    return small, boundary
+
+
+def _weight_shape(node: onnx.NodeProto, weight: onnx.TensorProto) -> onnx.NodeProto:
+    """Shape(W)[start:end] of an initializer as a Constant node: the weight itself need not be
+    copied into the constant part (ONNX's start/end are Python slice bounds)."""
+    bounds = {a.name: a.i for a in node.attribute}
+    dims = list(weight.dims)[bounds.get("start", 0):bounds.get("end", len(weight.dims))]
+    value = numpy_helper.from_array(np.array(dims, dtype=np.int64))
+    return helper.make_node("Constant", [], list(node.output), name=node.name, value=value)
+
+
+def _fold_with_graphsurgeon(small: onnx.ModelProto, boundary: list[str]) -> dict[str, np.ndarray]:
+    """name -> value of every boundary tensor graphsurgeon could compute."""
+    import onnx_graphsurgeon as gs
+
+    with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.ERROR):
+        graph = gs.import_onnx(small)
+        graph.fold_constants(fold_shapes=False, error_ok=False, size_threshold=FOLD_LIMIT_BYTES)
+        graph.cleanup().toposort()
+    tensors = graph.tensors()
+    return {name: np.asarray(tensors[name].values) for name in boundary
+            if isinstance(tensors.get(name), gs.Constant)}
+
+
+def _drop_dead(graph: onnx.GraphProto, *, candidates: set[int], folded: set[str]) -> None:
+    """Remove candidate nodes (indices) whose outputs are folded or no longer read, then the
+    initializers nothing reads any more (graph outputs and subgraph reads count as reads)."""
+    needed = {o.name for o in graph.output}
+    dropped = []
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
+        if index in candidates and all(o in folded or o not in needed for o in node.output if o):
+            dropped.append(index)
+            continue
+        needed.update(reads(node))
+    for index in dropped:  # descending, so earlier indices stay valid
+        del graph.node[index]
+    unused = [i for i, t in enumerate(graph.initializer) if t.name not in needed]
+    for index in reversed(unused):
+        del graph.initializer[index]
+
+
+def split_shared(model: onnx.ModelProto) -> None:
+    """Give each further node that reads a shared float weight its own copy, in place.
+
+    The first reader keeps the name. Reads from inside If/Loop/Scan bodies keep the original
+    too, so partition still sees those as a second user (a barrier).
+    """
+    graph = model.graph
+    protos = {t.name: t for t in graph.initializer if _splittable(t)}
+    readers = Counter(name for node in graph.node for name in set(node.input) if name in protos)
+    shared = {name for name, count in readers.items() if count > 1}
+    if not shared:
+        return
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    first_reader: dict[str, int] = {}
+    for position, node in enumerate(graph.node):
+        copies: dict[str, str] = {}
+        for index, name in enumerate(node.input):
+            if name not in shared or first_reader.setdefault(name, position) == position:
+                continue
+            if name not in copies:
+                copy = graph.initializer.add()
+                copy.CopyFrom(protos[name])
+                copy.name = copies[name] = _fresh(f"{name}.{node.name or node.op_type}", taken)
+            node.input[index] = copies[name]
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}.{n}"
+    taken.add(name)
+    return name
+
+
+def _splittable(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_type in _FLOAT_TYPES and math.prod(tensor.dims) > 1
+
+
+def _is_weight_view(node: onnx.NodeProto, initializers: dict, readers: Counter) -> bool:
+    source = initializers.get(node.input[0]) if node.input else None
+    return (node.op_type in WEIGHT_VIEWS and source is not None and readers[source.name] == 1
+            and _splittable(source))
+
+
+def _elem_type(model: onnx.ModelProto, name: str) -> int:
+    """The element type of a tensor: declared (graph inputs, value_info) or inferred; 0 if
+    unknown. Inference runs only when the declarations do not say."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return tensor.data_type
+    for graph in (model.graph, None):
+        if graph is None:
+            graph = infer_shapes(model).graph
+        for info in [*graph.input, *graph.value_info, *graph.output]:
+            if info.name == name and info.type.tensor_type.elem_type:
+                return info.type.tensor_type.elem_type
+    return 0
