@@ -34,7 +34,11 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     """Load a model from a path (external data included) or pass a proto through.
 
     Raises OnnxotoError for a missing file, bytes that are not ONNX, a truncated file, missing
-    external data or a model that fails ``onnx.checker``. Defaults to checking.
+    external data, an initializer whose data does not match its declared shape or that has no
+    elements at all (read from a file: a proto built in memory is trusted, and checking every
+    byte again on each of the several loads a command makes would cost more than it finds),
+    or a model that fails ``onnx.checker`` or its type check (a Conv fed int64 weights is
+    refused here rather than by onnxruntime half way through). Defaults to checking.
     """
     if isinstance(model, onnx.ModelProto):
         proto = model
@@ -53,12 +57,51 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         if not proto.graph.node and not proto.graph.output:
             raise OnnxotoError(f"{where}: not an ONNX model (no graph found in the file)")
         _load_external(proto, path)
+        if check:
+            for tensor in proto.graph.initializer:
+                _check_tensor_data(tensor, where)
     if check:
+        light = light_copy(proto)
         try:
-            onnx.checker.check_model(light_copy(proto), full_check=False)
+            onnx.checker.check_model(light, full_check=False)
+            # types only: strict shape checking would also refuse graphs onnxruntime runs
+            shape_inference.infer_shapes(light, check_type=True, strict_mode=False)
         except Exception as exc:
             raise OnnxotoError(f"{where}: fails onnx.checker: {one_line(exc)}") from exc
     return proto
+
+
+_PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1}
+_COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+def _check_tensor_data(tensor: onnx.TensorProto, where: str) -> None:
+    """The data an initializer holds matches its declared dims, before anything reads it."""
+    dims = list(tensor.dims)
+    elements = 1
+    for dim in dims:
+        elements *= dim
+    name = f"{where}: initializer '{tensor.name}'"
+    if min(dims, default=1) < 0:
+        raise OnnxotoError(f"{name} has negative dims {dims}; the file is damaged")
+    if elements == 0 and len(dims) >= 2:
+        raise OnnxotoError(f"{name} has shape {dims}, no elements: a layer with zero channels "
+                           f"cannot run; remove the layer or give it channels")
+    if tensor.data_type == onnx.TensorProto.STRING or tensor.data_type == 0:
+        return
+    if tensor.HasField("raw_data"):
+        have = len(tensor.raw_data)
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        need = (elements + 1) // 2 if tensor.data_type in _PACKED_4BIT else elements * itemsize
+        unit = "bytes"
+    else:
+        have = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(tensor.data_type)))
+        need = ((elements + 1) // 2 if tensor.data_type in _PACKED_4BIT
+                else 2 * elements if tensor.data_type in _COMPLEX else elements)
+        unit = "values"
+    if have != need:
+        raise OnnxotoError(f"{name} declares shape {dims} ({need:,} {unit}) but holds "
+                           f"{have:,}; the file is damaged or was written wrong")
 
 
 def _load_external(proto: onnx.ModelProto, path: Path) -> None:

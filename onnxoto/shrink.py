@@ -127,6 +127,8 @@ def slice_model(full: onnx.ModelProto, result: Partition,
     slim.CopyFrom(full)
     _drop_initializer_inputs(slim)
     _slice_initializers(slim, result, masks)
+    if slim.ir_version < 4:
+        _declare_initializer_inputs(slim)
     slot_keep = result.slot_keep(masks)
     opset = opset_of(full)
     used_names = {t.name for t in slim.graph.initializer} | {
@@ -152,6 +154,14 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
     if len(kept) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(kept)
+
+
+def _declare_initializer_inputs(model: onnx.ModelProto) -> None:
+    """IR version 3 requires every initializer to be a graph input: list them again, with the
+    shapes they have after slicing."""
+    model.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer)
 
 
 def _slice_initializers(slim: onnx.ModelProto, result: Partition,
