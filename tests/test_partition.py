@@ -7,14 +7,16 @@ import dataclasses
 import onnx
 import pytest
 
-from models.zoo import light_names
+from models.zoo import ZOO, light_names
 from onnxoto import runtime
 from onnxoto.errors import OnnxotoError
 from onnxoto.partition import explain, partition
 from tests.conftest import EXPORTERS
-from tests.invariance import invariance_gap, removal_mask
+from tests.invariance import invariance_gap, joint_invariance_gap, removal_mask, stable_seed
 
 CASES = [(name, exporter) for name in light_names() for exporter in EXPORTERS]
+HEAVY_CASES = [(name, exporter) for name, entry in ZOO.items() if entry.heavy
+               for exporter in EXPORTERS]
 
 
 @pytest.mark.parametrize(("name", "exporter"), CASES)
@@ -28,6 +30,20 @@ def test_every_prunable_group_is_zero_invariant(zoo_cache, name, exporter):
         gap, change = invariance_gap(model, group, removal_mask(group, group.id), inputs)
         assert gap <= 1e-5, f"{name} group {group.id}: consumers matter (gap {gap:.2e})"
         assert change > 0, f"{name} group {group.id}: zeroing its producers changes nothing"
+
+
+@pytest.mark.parametrize(("name", "exporter"), HEAVY_CASES)
+def test_heavy_models_are_zero_invariant_jointly(zoo_cache, name, exporter):
+    """Models too large for three runs per group: every prunable group loses channels at once."""
+    path = zoo_cache(name, exporter)
+    result = partition(path)
+    model = onnx.load(path)
+    seed = stable_seed(name, exporter)
+    masks = {g.id: removal_mask(g, seed + g.id) for g in result.prunable}
+    gap, change = joint_invariance_gap(model, result.prunable, masks,
+                                       runtime.random_inputs(model, seed=1))
+    assert gap <= 1e-5, f"{name} {exporter} (seed {seed}): consumers matter (gap {gap:.2e})"
+    assert change > 0, f"{name} {exporter} (seed {seed}): zeroing producers changes nothing"
 
 
 def test_a_missed_add_branch_is_caught(zoo_cache):
