@@ -129,6 +129,23 @@ def test_obs_update_is_exact_on_a_quadratic():
     assert 0.5 * plain @ hessian @ plain > increase * 1.01
 
 
+def test_joint_obs_update_is_exact_on_a_quadratic():
+    """Pruning a set P at once: the joint update raises the loss by exactly
+    1/2 w_P^T ([F^-1]_PP)^-1 w_P, no more than the paper's summed single-weight updates."""
+    w, fisher, hessian = _quadratic(d=8, n=5, damping=1e-2, seed=2)
+    joint, summed = {"w": w.clone()}, {"w": w.clone()}
+    keep = prune_unstructured(joint, 3 / 8, "woodfisher", fisher=fisher, joint=True)
+    prune_unstructured(summed, 3 / 8, "woodfisher", fisher=fisher)
+    pruned = (~keep["w"]).nonzero().flatten()
+    inverse = torch.linalg.inv(hessian)
+    expected = 0.5 * w[pruned] @ torch.linalg.solve(inverse[pruned][:, pruned], w[pruned])
+    cost = {name: 0.5 * (p["w"] - w) @ hessian @ (p["w"] - w)
+            for name, p in (("joint", joint), ("summed", summed))}
+    torch.testing.assert_close(cost["joint"], expected, rtol=1e-9, atol=0)
+    assert (joint["w"][pruned] == 0).all()
+    assert cost["joint"] < cost["summed"]
+
+
 def test_group_obs_is_exact_on_a_quadratic():
     """A group of three weights: loss increase == rho_Q = 1/2 w_Q^T ([F^-1]_QQ)^-1 w_Q."""
     w, fisher, hessian = _quadratic(d=9, n=4, damping=1e-2, seed=1, shape=(3, 3))

@@ -81,16 +81,17 @@ def inverse_fisher(grads: torch.Tensor, damping: float) -> torch.Tensor:
 def inverse_fisher_rank1(grads: torch.Tensor, damping: float) -> torch.Tensor:
     """The same inverse by the paper's recursion: start from I/lam and apply one Sherman-Morrison
     update per gradient, F_k^-1 = F_{k-1}^-1 - u u^T / (N + g^T u) with u = F_{k-1}^-1 g.
-    N sequential O(d^2) steps: the reference for ``inverse_fisher``."""
+    N sequential O(d^2) steps (in place, batched over blocks): the reference for
+    ``inverse_fisher``."""
     n, d = grads.shape[-2:]
-    inverse = torch.eye(d, dtype=grads.dtype, device=grads.device).expand(
-        *grads.shape[:-2], d, d) / damping
-    inverse = inverse.contiguous()
-    for g in grads.unbind(-2):
-        u = (inverse @ g.unsqueeze(-1)).squeeze(-1)
-        scale = 1.0 / (n + (g * u).sum(-1))
-        inverse -= scale[..., None, None] * u.unsqueeze(-1) * u.unsqueeze(-2)
-    return inverse
+    flat = grads.reshape(-1, n, d)
+    inverse = (torch.eye(d, dtype=grads.dtype, device=grads.device) / damping).repeat(
+        flat.shape[0], 1, 1)
+    for g in flat.unbind(1):
+        u = torch.bmm(inverse, g.unsqueeze(2))
+        scale = 1.0 / (n + torch.bmm(g.unsqueeze(1), u))
+        inverse.baddbmm_(u * scale, u.transpose(1, 2), alpha=-1)
+    return inverse.reshape(*grads.shape[:-2], d, d)
 
 
 # --------------------------------------------------------------------------- blocks

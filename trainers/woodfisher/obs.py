@@ -77,9 +77,12 @@ def _keep_highest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
-def obs_update(weights: Tensors, fisher: BlockFisher, keep: Tensors) -> dict[str, torch.Tensor]:
+def obs_update(weights: Tensors, fisher: BlockFisher, keep: Tensors, *,
+               joint: bool = False) -> dict[str, torch.Tensor]:
     """The summed OBS update dw = -sum_q (w_q / [F^-1]_qq) F^-1 e_q over the pruned weights q
-    (``keep`` False), block by block; name -> dw shaped like the weight."""
+    (``keep`` False), block by block; name -> dw shaped like the weight. ``joint`` solves for
+    the pruned set P of each block at once, dw = -F^-1[:, P] ([F^-1]_PP)^-1 w_P, which zeroes
+    w_P exactly at the least quadratic cost."""
     layout = fisher.layout
     flat_w = {n: layout.flat(n, w.detach()).double() for n, w in weights.items()}
     flat_keep = {n: layout.flat(n, k) for n, k in keep.items()}
@@ -92,8 +95,11 @@ def obs_update(weights: Tensors, fisher: BlockFisher, keep: Tensors) -> dict[str
         if pruned.numel():
             w = flat_w[block.name][span][pruned].to(inverse)
             columns = inverse[:, pruned]
-            delta[block.name][span] -= (columns @ (w / columns[pruned, torch.arange(len(pruned))])
-                                        ).to(delta[block.name])
+            if joint:
+                coef = torch.linalg.solve(columns[pruned], w)
+            else:
+                coef = w / columns[pruned, torch.arange(len(pruned))]
+            delta[block.name][span] -= (columns @ coef).to(delta[block.name])
     return {n: layout.unflat(n, d) for n, d in delta.items()}
 
 
@@ -107,8 +113,8 @@ def apply_masks(params: Tensors, keep: Tensors) -> None:
 @torch.no_grad()
 def prune_unstructured(params: Tensors, sparsity: float, criterion: str = "woodfisher", *,
                        fisher: BlockFisher | None = None, diag: Tensors | None = None,
-                       keep: Tensors | None = None,
-                       update: bool = True) -> dict[str, torch.Tensor]:
+                       keep: Tensors | None = None, update: bool = True,
+                       joint: bool = False) -> dict[str, torch.Tensor]:
     """Prune ``params`` in place to ``sparsity`` by ``criterion`` and return the keep masks.
 
     ``woodfisher`` also applies the OBS update unless ``update`` is False; ``keep`` holds masks
@@ -117,7 +123,7 @@ def prune_unstructured(params: Tensors, sparsity: float, criterion: str = "woodf
     scores = saliencies(criterion, params, fisher=fisher, diag=diag)
     masks = select(scores, sparsity, per_layer=criterion == "layer_magnitude", keep=keep)
     if criterion == "woodfisher" and update:
-        for name, dw in obs_update(params, fisher, masks).items():
+        for name, dw in obs_update(params, fisher, masks, joint=joint).items():
             params[name].add_(dw.to(params[name]))
     apply_masks(params, masks)
     return masks
