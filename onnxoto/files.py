@@ -292,6 +292,7 @@ def save_model(model: onnx.ModelProto, path: PathLike, *,
             if old.name != new_location:
                 with contextlib.suppress(FileNotFoundError):
                     old.unlink()
+        _sweep_orphans(path, own=journal)
     finally:
         staging.remove_all()
     return Written(path=shown, bytes=sink.size, sha256=sink.digest.hexdigest(), files=files,
@@ -366,6 +367,41 @@ def _owned_data(path: Path, location: str) -> bool:
         return False
     return name.name == f"{path.name}.data" or re.fullmatch(
         re.escape(path.name) + r"\.[0-9a-f]{12}\.data", name.name) is not None
+
+
+def _sweep_orphans(path: Path, *, own: Path) -> None:
+    """Delete ``<name>.<token>.data`` files nothing references any more.
+
+    Two concurrent writers can both read the same old ``.onnx``; the one that commits first
+    then has its data file replaced by the other's commit, and neither deletes it. Such a file
+    is garbage unless a live writer's journal names it (journals are written before data files,
+    and data files are listed here before journals are read, so a write in progress is always
+    seen). An unreadable journal (being written) stops the sweep: better a stray file than a
+    lost one.
+    """
+    folder = path.parent
+    ours = re.compile(re.escape(path.name) + r"\.[0-9a-f]{12}\.data")
+    candidates = [p for p in folder.iterdir() if ours.fullmatch(p.name)]
+    if not candidates:
+        return
+    busy: set[str] = set()
+    for journal in folder.glob(f"{STAGING_PREFIX}*.journal"):
+        match = _STAGING.match(journal.name)
+        if journal == own or match is None or not _alive(int(match.group(1))):
+            continue
+        try:
+            record = json.loads(journal.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return
+        if record.get("target") == path.name and record.get("new"):
+            busy.add(record["new"])
+    referenced = set(external_locations(path))
+    for candidate in candidates:
+        if candidate.name not in busy and candidate.name not in referenced:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
 
 
 def uses_external_data(path: PathLike) -> bool:

@@ -3,10 +3,12 @@ external-data pair, staging cleanup after a kill."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -174,19 +176,21 @@ def test_killed_write_is_cleaned_by_the_next(tmp_path):
     journal; the next save into the folder removes both and keeps the good pair."""
     path = tmp_path / "slim.onnx"
     good = save_model(tiny_model(seed=0), path, external=True)
-    code = (
-        "import os, sys, onnxoto.files as f\n"
-        "from tests.test_files import tiny_model\n"
-        "real = os.replace\n"
-        "def replace(a, b):\n"
-        "    real(a, b)\n"
-        "    if str(b).endswith('.data'):\n"
-        "        os._exit(9)\n"
-        "f.os.replace = replace\n"
-        f"f.save_model(tiny_model(seed=5), {str(path)!r}, external=True)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), check=False)
-    assert proc.returncode == 9
+    pid = os.fork()
+    if pid == 0:  # the child dies right after renaming its data file, before its commit
+        real = os.replace
+
+        def replace(source, target):
+            real(source, target)
+            if str(target).endswith(".data"):
+                os._exit(9)
+
+        os.replace = replace
+        try:
+            save_model(tiny_model(seed=5), path, external=True)
+        finally:
+            os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 9
     assert len(staging_left(tmp_path)) >= 1
     assert len(list(tmp_path.glob("slim.onnx.*.data"))) == 2
     np.testing.assert_array_equal(weights(path), numpy_helper.to_array(
@@ -194,3 +198,94 @@ def test_killed_write_is_cleaned_by_the_next(tmp_path):
     clean_staging(tmp_path)
     assert staging_left(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slim.onnx", good.files[1].name]
+
+
+# --- kills and concurrent writers --------------------------------------------------------------
+
+def _saving_forever(path, models, ready) -> None:
+    """Child process: save the models in turn forever, telling the parent once it is going."""
+    try:
+        os.write(ready, b"x")
+        for i in range(10**9):
+            save_model(models[i % 2], path, external=True)
+    finally:
+        os._exit(0)
+
+
+def test_sigkill_during_saves_never_breaks_the_pair(tmp_path):
+    """25 SIGKILLs at seeded random moments of back-to-back external-data saves: the output
+    is always one complete pair (old or new), the input is intact, and the next write cleans
+    what the killed one left."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(22)
+    models = [tiny_model(channels=512, seed=s) for s in (1, 2)]  # 27,648 weights: ~110 KB
+    expected = [weights_of(m) for m in models]
+    source = tmp_path / "input.onnx"
+    save_model(tiny_model(seed=9), source, external=True)
+    source_hashes = {p.name: p.read_bytes() for p in model_files(source)}
+    path = tmp_path / "slim.onnx"
+    save_model(models[1], path, external=True)
+    start = time.perf_counter()
+    save_model(models[0], path, external=True)
+    one_save = time.perf_counter() - start  # warm, as in the loop
+    left_behind = 0
+    for run in range(25):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            _saving_forever(path, models, write)
+        os.close(write)
+        os.read(read, 1)
+        os.close(read)
+        time.sleep(rng.uniform(0, 4 * one_save))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        got = weights(path)
+        assert any(np.array_equal(got, w) for w in expected), f"run {run}: a broken pair"
+        left_behind += bool(staging_left(tmp_path))
+        clean_staging(tmp_path)
+        assert staging_left(tmp_path) == []
+        data = sorted(p.name for p in tmp_path.glob("slim.onnx.*.data"))
+        assert data == external_locations(path), f"run {run}: stray data files {data}"
+    assert left_behind >= 5, "the kills must land inside saves, not only between them"
+    assert {p.name: p.read_bytes() for p in model_files(source)} == source_hashes
+
+
+def weights_of(model: onnx.ModelProto) -> np.ndarray:
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+
+
+def test_concurrent_shrinks_to_one_path(zoo_cache, tmp_path):
+    """Four `onnxoto shrink` of ResNet-50 to one path at once: one valid model is left, with
+    one data file, and each run's report describes the file that run wrote."""
+    import json
+
+    from onnxoto.groups import save_masks
+    from onnxoto.partition import partition
+
+    model = zoo_cache("resnet50")
+    masks = tmp_path / "m.npz"
+    save_masks(masks, {g.id: np.arange(g.size) % 2 == 0 for g in partition(model).prunable})
+    slim = tmp_path / "out" / "slim.onnx"
+    runs = [subprocess.Popen([sys.executable, "-m", "onnxoto.cli", "shrink", str(model), "--mask",
+                              str(masks), "-o", str(slim), "--external-data", "--no-validate",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(4)]
+    reports = []
+    for proc in runs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out)["output"])
+    shas = [r["sha256"] for r in reports]
+    assert len(set(shas)) == 4, "each run wrote its own pair (a fresh data file name each)"
+    final = hashlib.sha256(slim.read_bytes()).hexdigest()
+    winner = reports[shas.index(final)]
+    assert winner["bytes"] == slim.stat().st_size
+    assert sorted(p.name for p in slim.parent.iterdir()) == sorted(
+        [slim.name, Path(winner["files"][1]).name])
+    assert Path(winner["files"][1]).stat().st_size == winner["data_bytes"]
+    load_model(slim)
