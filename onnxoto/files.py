@@ -228,7 +228,9 @@ class _Staging:
 
 
 def _prepare_folder(path: Path) -> Path:
-    """Create the (resolved) output folder and clean what killed writes left there."""
+    """Check the (resolved) output path, create its folder and clean what killed writes left
+    there."""
+    check_output_path(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

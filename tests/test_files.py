@@ -289,3 +289,15 @@ def test_concurrent_shrinks_to_one_path(zoo_cache, tmp_path):
         [slim.name, Path(winner["files"][1]).name])
     assert Path(winner["files"][1]).stat().st_size == winner["data_bytes"]
     load_model(slim)
+
+
+def test_api_writes_refuse_bad_paths_in_one_line(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for target in (tmp_path, blocker / "slim.onnx", resolved("/sys") / "slim.onnx"):
+        with pytest.raises(OnnxotoError, match="slim.onnx|is a folder") as info:
+            save_model(tiny_model(), target)
+        assert "\n" not in str(info.value)
+        with pytest.raises(OnnxotoError):
+            write_bytes_atomic(target, b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
