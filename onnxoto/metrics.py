@@ -21,6 +21,7 @@ import onnx
 
 from onnxoto import runtime
 from onnxoto.errors import OnnxotoError
+from onnxoto.files import model_files
 from onnxoto.graph import ModelLike, load_model, shape_map
 
 # Dims as inferred: an int for a static dim, None for a dynamic one; the shape is None if unknown.
@@ -200,17 +201,7 @@ def _constant_size(attr: onnx.AttributeProto) -> tuple[int, int]:
 
 def _disk_bytes(path: Path) -> int:
     """Model file plus every external data file it names, each counted once."""
-    header = onnx.load(str(path), load_external_data=False)
-    tensors = [*header.graph.initializer]
-    tensors += [a.t for node in header.graph.node for a in node.attribute if a.HasField("t")]
-    locations = {
-        entry.value
-        for tensor in tensors
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return path.stat().st_size + sum(os.path.getsize(path.parent / loc) for loc in locations)
+    return sum(os.path.getsize(f) for f in dict.fromkeys(model_files(path)))
 
 
 # --- MACs: one small function per op; each gets the node and returns MACs or None (unknown).

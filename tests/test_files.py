@@ -200,6 +200,27 @@ def test_killed_write_is_cleaned_by_the_next(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slim.onnx", good.files[1].name]
 
 
+def test_next_save_cleans_what_a_killed_one_left(tmp_path):
+    """Killed after its commit, before removing the old data file: the next save removes it."""
+    path = tmp_path / "slim.onnx"
+    save_model(tiny_model(seed=0), path, external=True)
+    pid = os.fork()
+    if pid == 0:
+        os.unlink = lambda *args, **kwargs: os._exit(9)  # dies at its first removal
+        try:
+            save_model(tiny_model(seed=1), path, external=True)
+        finally:
+            os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 9
+    assert len(list(tmp_path.glob("slim.onnx.*.data"))) == 2 and staging_left(tmp_path)
+    np.testing.assert_array_equal(weights(path), numpy_helper.to_array(
+        tiny_model(seed=1).graph.initializer[0]))
+    third = save_model(tiny_model(seed=2), tmp_path / "other.onnx", external=True)
+    assert staging_left(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["slim.onnx", *external_locations(path), "other.onnx", third.files[1].name])
+
+
 # --- kills and concurrent writers --------------------------------------------------------------
 
 def _saving_forever(path, models, ready) -> None:
