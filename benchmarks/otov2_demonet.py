@@ -89,6 +89,7 @@ def _train(model: Path, args: argparse.Namespace, target: float, out: Path,
 
     options = _options(args, target, out, finetune=finetune)
     options.resume = args.resume and (out / FILES["checkpoint"]).is_file()
+    options.overwrite = not options.resume  # not resumed: this run replaces the folder's run
     done = out / FILES["metrics"]
     if args.reuse and done.is_file():
         metrics = json.loads(done.read_text())

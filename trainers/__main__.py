@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from onnxoto.errors import OnnxotoError
+from onnxoto.errors import OnnxotoError, one_line
 from onnxoto.metrics import Percent, render_table
 from trainers.train import (
     DEFAULT_LR,
@@ -60,6 +61,8 @@ def run_options(command: Callable) -> Callable:
         click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
                      required=True, help="Output folder."),
         click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace the run already in OUT (refused without --resume or this)."),
         click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines."),
         click.option("--json", "as_json", is_flag=True, help="Print metrics.json, not a table."),
         click.option("--debug", is_flag=True, help="Show full tracebacks on errors."),
@@ -80,7 +83,7 @@ def friendly_errors(command: Callable) -> Callable:
         except OnnxotoError as exc:
             if kwargs.get("debug"):
                 raise
-            click.echo(f"trainers {ctx.info_name}: error: {exc}", err=True)
+            click.echo(f"trainers {ctx.info_name}: error: {one_line(exc)}", err=True)
             ctx.exit(EXIT_MISMATCH if isinstance(exc, ValidationMismatch) else EXIT_BAD_INPUT)
 
     return wrapper
@@ -96,13 +99,43 @@ def print_result(metrics: dict[str, Any], as_json: bool, out: Path) -> None:
     rows = [[*row[:3], None if row[3] is None else Percent(row[3])]
             for row in summary_rows(metrics)]
     click.echo(render_table(rows, headers=("metric", "full", "slim", "slim/full")))
+    reached = "" if metrics["target_reached"] else ", not reached"
     click.echo(f"group sparsity {metrics['group_sparsity']:.1%} "
-               f"(target {metrics['target_group_sparsity']:.1%}); wrote "
+               f"(target {metrics['target_group_sparsity']:.1%}{reached}); wrote "
                + ", ".join(str(out / FILES[key]) for key in ("trained", "masks", "slim",
                                                               "metrics")))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineGroup(click.Group):
+    """Usage errors on one stderr line too (click prints usage, a hint and the error on four),
+    so every exit 2 reads the same."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a bare command shows its help
+            if not standalone_mode:
+                raise
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            if not standalone_mode:
+                raise
+            ctx = getattr(exc, "ctx", None)
+            name = f"trainers {ctx.info_name}" if ctx is not None and ctx.parent else "trainers"
+            click.echo(f"{name}: error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            if not standalone_mode:
+                raise
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train an ONNX model while pruning it; writes trained.onnx, masks.npz and slim.onnx."""
 

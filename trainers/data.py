@@ -34,9 +34,11 @@ __all__ = [
     "DATASETS",
     "FASHION_MNIST_ENV",
     "EpochSampler",
+    "check_arrays",
     "load_dataset",
     "make_loader",
     "read_idx",
+    "source_name",
     "take",
 ]
 
@@ -187,6 +189,41 @@ def _npz_folder(folder: Path, split: str) -> Arrays:
     return x.astype(np.float32), y
 
 
+# --------------------------------------------------------------------------- checks
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> None:
+    """Refuse what would train to garbage without an error: no samples, a negative label (torch
+    raises deep inside the loss), NaN or Inf in the images (the weights silently turn NaN).
+
+    ``x`` is checked as float32, the type the model sees: a float64 value beyond float32's range
+    is Inf there. The first bad sample is named so it can be found in the file.
+    """
+    if len(y) == 0:
+        raise OnnxotoError(f"'{where}': holds no samples (x is {x.shape}); a split needs at "
+                           f"least one")
+    negative = np.flatnonzero(y < 0)
+    if negative.size:
+        first = int(negative[0])
+        raise OnnxotoError(f"'{where}': label {int(y[first])} at index {first} "
+                           f"({negative.size} negative in all); class labels are 0, 1, ...")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        first = int(bad[0])
+        kind = "NaN" if np.isnan(x[first]).any() else "Inf"
+        raise OnnxotoError(f"'{where}': sample x[{first}] holds {kind} ({bad.size} of {len(y)} "
+                           f"samples have NaN or Inf); fix or drop them")
+
+
+def source_name(name_or_dir: str | os.PathLike, split: str) -> str:
+    """How messages name one split: the npz file of a data folder, or ``name split``."""
+    source = os.fspath(name_or_dir)
+    if source in DATASETS:
+        return f"{source} {split}"
+    return os.fspath(Path(source) / f"{split}.npz")
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -205,7 +242,8 @@ def load_dataset(
     """(x float32 N x C x H x W, y int64 N) of one split. Defaults to the whole train split.
 
     ``name_or_dir`` is a name in ``DATASETS`` or a folder of ``train.npz`` / ``test.npz``.
-    Every problem (unknown name, missing files, bad arrays) raises one-line ``OnnxotoError``.
+    Every problem (unknown name, missing files, bad arrays, see ``check_arrays``) raises
+    one-line ``OnnxotoError``; the whole split is checked, ``limit`` applies after.
     """
     if split not in SPLITS:
         raise OnnxotoError(f"split {split!r}: choose from {', '.join(SPLITS)}")
@@ -220,6 +258,8 @@ def load_dataset(
     else:
         raise OnnxotoError(f"unknown dataset {source!r}: choose from {', '.join(DATASETS)} or "
                            f"a folder with train.npz and test.npz")
+    x = np.asarray(x, dtype=np.float32)
+    check_arrays(x, y, source_name(source, split))
     x, y = take(x, y, limit)
     return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
 

@@ -342,6 +342,15 @@ class DHSPG(torch.optim.Optimizer):
         state = dict(state_dict)
         extra = state.pop("dhspg")
         super().load_state_dict(state)
+        for param, slots in self.state.items():
+            for key, value in slots.items():  # torch checks group sizes, not buffer shapes
+                if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"optimizer '{key}' buffer is {tuple(value.shape)} for a "
+                                     f"parameter of {tuple(param.shape)}")
+        for key in ("redundant", "zeroed", "lam", "chosen_norm"):
+            if extra[key].shape != self._redundant.shape:
+                raise ValueError(f"dhspg '{key}' has {tuple(extra[key].shape)} entries for "
+                                 f"{self._redundant.numel()} groups")
         device = self._redundant.device
         self._t = int(extra["step"])
         self._redundant = extra["redundant"].to(device=device, dtype=torch.bool)

@@ -39,16 +39,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from onnxoto.errors import OnnxotoError
-from onnxoto.graph import file_sha256, load_model
-from onnxoto.groups import save_masks, write_atomic
+from onnxoto.errors import OnnxotoError, one_line
+from onnxoto.files import (
+    check_output_path,
+    model_files,
+    refuse_clobber,
+    save_model,
+    save_targets,
+    write_bytes_atomic,
+)
+from onnxoto.graph import load_model
+from onnxoto.groups import save_masks
 from onnxoto.masking import zero_channels
 from onnxoto.metrics import measure
 from onnxoto.partition import Partition, partition
 from onnxoto.runtime import session
-from onnxoto.shrink import ShrinkOptions, save_model, shrink
+from onnxoto.shrink import ShrinkOptions, shrink
 from trainers.binding import OnnxModule, write_back
-from trainers.data import load_dataset, make_loader, take
+from trainers.data import load_dataset, make_loader, source_name, take
 from trainers.dhspg import DHSPG, DHSPGOptions
 from trainers.zig import build_zig_index
 
@@ -101,7 +109,9 @@ class TrainOptions:
     ``lam_hat`` set the push toward zero (None: the variant's default; see
     ``redundant_lambdas``); ``limit_*`` keep the first N samples;
     ``device`` auto picks CUDA when torch sees one; ``compile_stats`` runs DHSPG's per-step
-    sums through torch.compile (faster steps after a ~25 s compile; see DHSPGOptions)."""
+    sums through torch.compile (faster steps after a ~25 s compile; see DHSPGOptions).
+    An ``out`` folder holding any of ``FILES`` is refused unless ``resume`` (continue from its
+    checkpoint) or ``overwrite`` (replace them): a finished run is never silently lost."""
 
     data: str = "fashion-mnist"
     target: float = 0.5
@@ -125,6 +135,7 @@ class TrainOptions:
     device: str = "auto"
     out: Path = Path("out/dhspg")
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
     compile_stats: bool = False
 
@@ -138,6 +149,13 @@ class TrainOptions:
         if self.device not in DEVICES:
             raise OnnxotoError(f"device {self.device!r}: choose from {', '.join(DEVICES)}")
         self.lr = DEFAULT_LR[self.variant] if self.lr is None else self.lr
+        numbers = ("lr", "momentum", "weight_decay", "target", "epsilon", "lam", "lam_amplify",
+                   "lam_hat")
+        infinite = [name for name in numbers
+                    if getattr(self, name) is not None and not math.isfinite(getattr(self, name))]
+        if infinite:
+            raise OnnxotoError(f"options must be finite numbers: "
+                               f"{', '.join(f'{n} {getattr(self, n)}' for n in infinite)}")
         checks = {
             "epochs >= 1": self.epochs >= 1,
             "batch_size >= 1": self.batch_size >= 1,
@@ -157,6 +175,13 @@ class TrainOptions:
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
             raise OnnxotoError(f"options out of range: need {', '.join(broken)}")
+        if self.resume and self.overwrite:
+            raise OnnxotoError("resume and overwrite exclude each other: resume continues the "
+                               "run in the output folder, overwrite replaces it")
+        if self.target > 0 and self.epochs <= self.warmup_epochs:
+            raise OnnxotoError(f"epochs {self.epochs} <= warmup_epochs {self.warmup_epochs}: no "
+                               f"epoch is left to prune toward target {self.target:g}; raise "
+                               f"--epochs or lower --warmup-epochs (or --target 0)")
 
     def fingerprint(self) -> dict[str, Any]:
         """Options a resumed run must share; a cosine rate also depends on the epoch count."""
@@ -242,19 +267,21 @@ def _seed_everything(seed: int, device: torch.device) -> None:
 
 @dataclass
 class Split:
-    """One split's arrays and how many samples the source had before ``limit``."""
+    """One split's arrays, how many samples the source had before ``limit``, and how messages
+    name it (its npz file, or the dataset's name and split)."""
 
     x: np.ndarray
     y: np.ndarray
     available: int
     limit: int | None
+    where: str = ""
 
     @classmethod
     def load(cls, data: str, split: str, limit: int | None) -> Split:
         x, y = load_dataset(data, split=split)
         available = len(y)
         x, y = take(x, y, limit)
-        return cls(x=x, y=y, available=available, limit=limit)
+        return cls(x=x, y=y, available=available, limit=limit, where=source_name(data, split))
 
     def describe(self) -> dict[str, Any]:
         return {"samples": len(self.y), "available": self.available,
@@ -294,12 +321,15 @@ def _input_dims(module: OnnxModule, model: onnx.ModelProto) -> tuple[int | None,
                  for d in value.type.tensor_type.shape.dim)
 
 
-def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split,
+def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split, test: Split,
                      data: str) -> None:
-    """Sample shape against the model input, labels against the logits, and a batch of 2.
+    """Sample shape against the model input, every label against the logits, and a batch of 2.
 
     Why the batch: an export may bake batch 1 into a Reshape; training would then fail on its
-    first step with an error about a node rather than about the model."""
+    first step with an error about a node rather than about the model. Its logits must be
+    finite: NaN weights, or data scaled so large that the logits overflow, train to NaN.
+    Why the test labels too: one past the logits is never predicted, so the run would end with
+    a quietly low accuracy instead of an error."""
     dims = _input_dims(module, model)
     sample = tuple(train.x.shape[1:])
     expected = dims[1:]
@@ -315,10 +345,21 @@ def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split,
     except Exception as exc:
         raise OnnxotoError(f"the model cannot run a batch of 2 samples ({str(exc).splitlines()[0]}"
                            f"); export it so the batch size is not fixed in the graph") from exc
-    classes = int(train.y.max()) + 1
-    if logits.dim() != 2 or logits.shape[1] < classes:
-        raise OnnxotoError(f"model output is {tuple(logits.shape)} for 2 samples; dataset "
-                           f"'{data}' needs logits of shape (batch, >= {classes})")
+    if logits.dim() != 2:
+        raise OnnxotoError(f"model output is {tuple(logits.shape)} for 2 samples; a classifier "
+                           f"gives logits of shape (batch, classes)")
+    if not torch.isfinite(logits).all():
+        raise OnnxotoError(f"model output holds NaN or Inf for the first 2 samples of "
+                           f"'{train.where}' (largest |x| {float(np.abs(train.x[:2]).max()):.3g}); "
+                           f"check the model's weights and the data's scale")
+    classes = logits.shape[1]
+    for split in (train, test):
+        beyond = np.flatnonzero(split.y >= classes)
+        if beyond.size:
+            first = int(beyond[0])
+            raise OnnxotoError(f"'{split.where}': label {int(split.y[first])} at index {first} "
+                               f"is out of range for the model's {classes} classes (labels "
+                               f"0..{classes - 1}); {beyond.size} label(s) out of range")
 
 
 def _prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device) -> Run:
@@ -331,7 +372,7 @@ def _prepare(model_path: Path, options: TrainOptions, world: World, device: torc
     module = OnnxModule(model)
     train = Split.load(options.data, "train", options.limit_train)
     test = Split.load(options.data, "test", options.limit_test)
-    _check_data_fits(module, model, train, options.data)
+    _check_data_fits(module, model, train, test, options.data)
     module.to(device)
     params = module.onnx_parameters()
     zig = build_zig_index(parts.groups, params)
@@ -361,6 +402,46 @@ def _prepare(model_path: Path, options: TrainOptions, world: World, device: torc
                model_sha256=parts.model_info["sha256"])
 
 
+# --------------------------------------------------------------------------- output folder
+
+
+def _output_files(out: Path) -> list[Path]:
+    """Every file a run may write or replace in ``out``: ``FILES`` and the external-data files
+    of models already there that a save replaces."""
+    paths = [out / name for name in FILES.values()]
+    return paths + [extra for name in ("trained", "slim")
+                    for extra in save_targets(out / FILES[name])[1:]]
+
+
+def _check_output(model_path: Path, options: TrainOptions) -> None:
+    """Before anything is loaded or created: the output folder can be written (a real file is
+    created and removed in it or its nearest existing parent; the folder itself is made by the
+    first write), it holds no earlier run unless ``resume`` or ``overwrite`` says what to do
+    with it, and nothing the run writes is a file it reads (the model, its external data, the
+    data folder's npz files).
+
+    Why up front: a bad folder found after the last epoch loses the whole run's time, and a
+    folder of finished results replaced without asking loses the results."""
+    out = options.out
+    check_output_path(out, kind="folder")
+    existing = [name for name in FILES.values() if (out / name).exists()]
+    if existing and not (options.resume or options.overwrite):
+        raise OnnxotoError(f"'{out}': holds an earlier run ({', '.join(existing)}); pass "
+                           f"--resume to continue it or --overwrite to replace it")
+    reads = model_files(model_path)
+    if Path(options.data).is_dir():
+        reads += [Path(options.data) / f"{split}.npz" for split in ("train", "test")]
+    refuse_clobber(reads, _output_files(out))
+
+
+def _remove_earlier_run(options: TrainOptions) -> None:
+    """With ``overwrite``, delete the earlier run's files once the model, data and options are
+    known good, so the folder never mixes two runs' files."""
+    if options.overwrite:
+        for path in _output_files(options.out):
+            path.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -374,7 +455,7 @@ def _fingerprint(run: Run) -> dict[str, Any]:
 
 
 def _save_checkpoint(run: Run, epoch: int) -> None:
-    """Atomic torch.save of everything the next epoch depends on (write_atomic: temp + rename)."""
+    """Atomic torch.save of everything the next epoch depends on (staging file + rename)."""
     state = {
         "format": FORMAT,
         "epoch": epoch,
@@ -388,7 +469,7 @@ def _save_checkpoint(run: Run, epoch: int) -> None:
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(_checkpoint_path(run.options), buffer.getvalue())
+    write_bytes_atomic(_checkpoint_path(run.options), buffer.getvalue())
 
 
 def _resume(run: Run) -> None:
@@ -402,23 +483,63 @@ def _resume(run: Run) -> None:
         raise OnnxotoError(f"'{path}': not a readable checkpoint ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise OnnxotoError(f"'{path}': not an onnxoto training checkpoint")
-    ours = _fingerprint(run)
-    differ = [f"{k} {state['run'].get(k)!r} -> {v!r}" for k, v in ours.items()
-              if state["run"].get(k) != v]
-    if differ:
-        raise OnnxotoError(f"'{path}' was written by a different run ({'; '.join(differ)}); "
-                           f"use another output folder or the same options")
-    if int(state["epoch"]) > run.options.epochs:
+    saved_run = state.get("run")
+    if isinstance(saved_run, dict):
+        differ = [f"{k} {saved_run.get(k)!r} -> {v!r}" for k, v in _fingerprint(run).items()
+                  if saved_run.get(k) != v]
+        if differ:
+            raise OnnxotoError(f"'{path}' was written by a different run ({'; '.join(differ)}); "
+                               f"use another output folder or the same options")
+    damaged = _checkpoint_damage(state, run.module)
+    if damaged:
+        raise OnnxotoError(f"'{path}': damaged checkpoint ({damaged}); run with --overwrite to "
+                           f"start again")
+    if state["epoch"] > run.options.epochs:
         raise OnnxotoError(f"'{path}' is at epoch {state['epoch']}, past --epochs "
                            f"{run.options.epochs}")
     run.module.load_state_dict(state["module"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    run.start_epoch = int(state["epoch"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise OnnxotoError(f"'{path}': damaged checkpoint (optimizer or RNG state: "
+                           f"{one_line(exc)}); run with --overwrite to start again") from exc
+    run.start_epoch = state["epoch"]
     run.history = list(state["history"])
     run.train_seconds = float(state["train_seconds"])
+
+
+_CHECKPOINT_KEYS = {"epoch": int, "run": dict, "module": dict, "optimizer": dict, "rng": dict,
+                    "history": list, "train_seconds": (int, float)}
+
+
+def _checkpoint_damage(state: dict[str, Any], module: OnnxModule) -> str:
+    """What is wrong with a checkpoint's layout, or "" when its keys, types and the module's
+    tensor names and shapes are as ``_save_checkpoint`` writes them (the header alone says
+    nothing about a file cut or edited after it)."""
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if key not in state:
+            return f"no '{key}'"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"'{key}' is a {type(state[key]).__name__}"
+    if state["epoch"] < 0:
+        return f"epoch {state['epoch']}"
+    expected = module.state_dict()
+    saved = state["module"]
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        return f"module tensor '{missing[0]}' missing ({len(missing)} in all)"
+    extra = sorted(set(saved) - set(expected))
+    if extra:
+        return f"module tensor '{extra[0]}' is not in the model"
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not torch.is_tensor(value) or value.shape != tensor.shape:
+            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            return f"module tensor '{name}' is {shape}, the model's is {tuple(tensor.shape)}"
+    return ""
 
 
 # --------------------------------------------------------------------------- training
@@ -461,6 +582,10 @@ def _train_epoch(run: Run, epoch: int, show_bar: bool) -> dict[str, float]:
     if run.world.distributed:
         dist.all_reduce(totals)
     loss_sum, correct, count = totals.tolist()
+    if not math.isfinite(loss_sum):
+        raise OnnxotoError(f"training diverged: the loss is {loss_sum} in epoch {epoch + 1} "
+                           f"(lr {options.lr:g}); lower --lr or check the data's scale (no "
+                           f"file written for this epoch)")
     return {"loss": loss_sum / count, "train_accuracy": correct / count}
 
 
@@ -552,13 +677,23 @@ def _ratio(before: int, after: int) -> dict[str, Any]:
             "slim_over_input": after / before if before else None}
 
 
-def _finish(run: Run, wall_started: float) -> dict[str, Any]:
-    """Write trained.onnx, masks.npz, slim.onnx and metrics.json; returns the metrics."""
+def _target_reached(run: Run) -> bool:
+    """Whether as many groups are zero as DHSPG's redundant set holds (floor of the target
+    share of all groups, see ``DHSPG._select``)."""
+    zig = run.optimizer.zig
+    zeros = round(zig.zero_fraction() * zig.num_groups)
+    return zeros >= math.floor(zig.num_groups * run.options.target)
+
+
+def _finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
+    """Write trained.onnx, masks.npz, slim.onnx and metrics.json; returns the metrics. A target
+    not reached is a warning (the models are still right, only less pruned than asked), said in
+    the log and recorded as ``target_reached``."""
     out = run.options.out
     trained = write_back(run.module, run.model)
-    save_model(trained, out / FILES["trained"])
+    written = save_model(trained, out / FILES["trained"])
     masks = run.optimizer.zig.masks()
-    save_masks(out / FILES["masks"], masks, model_sha256=file_sha256(out / FILES["trained"]))
+    save_masks(out / FILES["masks"], masks, model_sha256=written.sha256)
     result = shrink(trained, masks, options=ShrinkOptions(seed=run.options.seed),
                     result=run.parts)
     if not result.passed:
@@ -597,6 +732,7 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
         "macs": _ratio(before.macs, after.macs),
         "group_sparsity": run.optimizer.zig.zero_fraction(),
         "target_group_sparsity": run.options.target,
+        "target_reached": _target_reached(run),
         "channels": {"prunable": channels, "removed": removed},
         "validation": result.comparison.to_dict() if result.comparison else None,
         "train_seconds": run.train_seconds,  # summed over every resumed segment
@@ -605,7 +741,12 @@ def _finish(run: Run, wall_started: float) -> dict[str, Any]:
         "files": dict(FILES),
         "history": run.history,
     }
-    write_atomic(out / FILES["metrics"], (json.dumps(metrics, indent=1) + "\n").encode())
+    write_bytes_atomic(out / FILES["metrics"], (json.dumps(metrics, indent=1) + "\n").encode())
+    if not metrics["target_reached"]:
+        log(f"warning: group sparsity {metrics['group_sparsity']:.1%} is short of the target "
+            f"{run.options.target:.1%} after {run.options.epochs} epochs; train longer "
+            f"(--epochs), start pruning sooner (--warmup-epochs) or zero groups sooner "
+            f"(--epsilon)")
     if metrics["accuracy"]["prediction_mismatches"]:
         raise ValidationMismatch(f"trained and slim models disagree on "
                                  f"{metrics['accuracy']['prediction_mismatches']} test samples "
@@ -620,9 +761,7 @@ def run_dhspg(model_path: str | os.PathLike, options: TrainOptions, *,
     ``ValidationMismatch`` if the slim model does not match the trained one."""
     wall_started = time.perf_counter()
     model_path = Path(model_path)
-    written = {(options.out / name).resolve() for name in FILES.values()}
-    if model_path.resolve() in written:
-        raise OnnxotoError(f"'{model_path}' would be overwritten; choose another output folder")
+    _check_output(model_path, options)
     world = World.from_env()
     device = resolve_device(options.device, world.local_rank)
     _seed_everything(options.seed, device)
@@ -630,10 +769,12 @@ def run_dhspg(model_path: str | os.PathLike, options: TrainOptions, *,
         run = _prepare(model_path, options, world, device)
         if options.resume:
             _resume(run)
+        if world.main:
+            _remove_earlier_run(options)
         _train(run, log)
         if not world.main:
             return {}
-        return _finish(run, wall_started)
+        return _finish(run, wall_started, log)
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[list[object]]:
