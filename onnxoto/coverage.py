@@ -52,7 +52,7 @@ def macs_ceiling(result: Partition) -> tuple[int, int]:
             continue
         after[tensor] = _with_dim(shape, space.axis, int(keep[space.slots].sum()))
     for (name, axis), gone in _removed(result.prunable, before).items():
-        after[name] = _with_dim(after[name], axis, len(gone) - int(gone.sum()))
+        after[name] = _with_dim(after[name], axis, after[name][axis] - gone)
     for name in view.constants:  # weights read through Transpose/Identity (legacy MatMul W^T)
         source = None if name in view.initializers else view.const_source(name)
         if source is not None and source[0] in after and name in after:
@@ -98,19 +98,18 @@ def _one_channel(size: int) -> np.ndarray:
     return keep
 
 
-def _removed(groups: list[Group], shapes: Mapping[str, Dims]) -> dict[tuple[str, int], np.ndarray]:
-    """(initializer, axis) -> which indices go when every group keeps its channel 0."""
-    gone: dict[tuple[str, int], np.ndarray] = {}
-    for group in groups:
-        removed = np.arange(1, group.size)
-        for member in group.members:
-            shape = shapes.get(member.initializer)
-            if shape is None or member.axis >= len(shape) or shape[member.axis] is None:
-                continue
-            key = (member.initializer, member.axis)
-            if key not in gone:
-                gone[key] = np.zeros(shape[member.axis], dtype=bool)
-            gone[key][member.index_map.indices(removed)] = True
+def _removed(groups: list[Group], shapes: Mapping[str, Dims]) -> dict[tuple[str, int], int]:
+    """(initializer, axis) -> how many indices go when every group keeps one channel: each
+    member's channel owns ``block`` indices, and groups never share an index."""
+    claims = {(g.id, m.initializer, m.axis, m.index_map): g.size - 1
+              for g in groups for m in g.members}
+    gone: dict[tuple[str, int], int] = {}
+    for (_, name, axis, index_map), channels in claims.items():
+        shape = shapes.get(name)
+        if shape is None or axis >= len(shape) or shape[axis] is None:
+            continue
+        gone[(name, axis)] = min(gone.get((name, axis), 0) + channels * index_map.block,
+                                 shape[axis])
     return gone
 
 
