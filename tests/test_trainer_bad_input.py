@@ -114,6 +114,14 @@ def scaled(factor: float) -> Callable:
     return edit
 
 
+def cropped_test(split, x, y):
+    return (x[:, :, :14, :14].copy(), y) if split == "test" else (x, y)
+
+
+def float64_overflow(split, x, y):
+    return (x.astype(np.float64) * 1e300, y) if split == "train" else (x, y)
+
+
 def copy_finished(keep_outputs: bool = True) -> Callable:
     def prep(finished: Path, tmp: Path, out: Path) -> None:
         shutil.copytree(finished, out)
@@ -214,6 +222,10 @@ CASES = [
     Case("NaN in train x", "train.npz': sample x[9] holds NaN (1 of 48",
          edit=set_pixel("train", 9, np.nan)),
     Case("Inf in test x", "test.npz': sample x[2] holds Inf", edit=set_pixel("test", 2, np.inf)),
+    Case("float64 x beyond float32", "train.npz': sample x[0] holds Inf (48 of 48",
+         edit=float64_overflow),
+    Case("test samples of another shape", "test.npz': samples of shape (1, 14, 14), but",
+         edit=cropped_test),
     Case("NaN weight in the model", "model output holds NaN or Inf", prep=nan_bias,
          model=lambda model, out: model.parent / "nan.onnx"),
     Case("loss diverges", "training diverged: the loss is", edit=scaled(1e4),

@@ -186,7 +186,8 @@ def _npz_folder(folder: Path, split: str) -> Arrays:
         raise OnnxotoError(f"'{path}': y must hold integer class labels, not {y.dtype}")
     if x.dtype == np.uint8:
         x = x / np.float32(255)
-    return x.astype(np.float32), y
+    with np.errstate(over="ignore"):  # beyond float32's range is Inf, refused by check_arrays
+        return x.astype(np.float32), y
 
 
 # --------------------------------------------------------------------------- checks

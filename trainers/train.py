@@ -332,6 +332,9 @@ def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split, t
     a quietly low accuracy instead of an error."""
     dims = _input_dims(module, model)
     sample = tuple(train.x.shape[1:])
+    if tuple(test.x.shape[1:]) != sample:
+        raise OnnxotoError(f"'{test.where}': samples of shape {tuple(test.x.shape[1:])}, but "
+                           f"'{train.where}' has {sample}; both splits need one sample shape")
     expected = dims[1:]
     if len(expected) != len(sample) or any(d is not None and d != s
                                            for d, s in zip(expected, sample, strict=True)):
