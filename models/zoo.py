@@ -40,7 +40,8 @@ class LayerScale(nn.Module):
 
 
 def randomize_norms(model: nn.Module) -> nn.Module:
-    """Give every BatchNorm, LayerNorm and LayerScale non-trivial parameters, from torch's RNG.
+    """Give every BatchNorm, LayerNorm, GroupNorm and LayerScale non-trivial parameters, from
+    torch's RNG.
 
     Why: default init (scale 1, shift 0) maps zero to zero, so zeroing tests would pass even
     when a group misses its norm members.
@@ -52,7 +53,7 @@ def randomize_norms(model: nn.Module) -> nn.Module:
                 m.bias.normal_().mul_(0.1)
                 m.running_mean.normal_().mul_(0.1)
                 m.running_var.uniform_(0.5, 1.5)
-            elif isinstance(m, nn.LayerNorm):
+            elif isinstance(m, nn.LayerNorm | nn.GroupNorm):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_().mul_(0.1)
             elif isinstance(m, LayerScale):
@@ -490,9 +491,10 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, self.tokens, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        attn = torch.softmax(scores if mask is None else scores + mask, dim=-1)
         y = (attn @ v).transpose(1, 2).reshape(-1, self.tokens, self.heads * self.head_dim)
         return self.out(y)
 
@@ -532,6 +534,195 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.head(x.mean(dim=1))
+
+
+# --------------------------------------------------------------------------- grouped conv
+
+
+class GroupedBottleneck(nn.Module):
+    """1x1 reduce, grouped 3x3 (carries the stride), 1x1 expand, plus identity or downsample:
+    ResNeXt's block (fixed cardinality) and RegNetX's (fixed group width)."""
+
+    def __init__(self, c_in: int, width: int, c_out: int, groups: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(c_in, width, 1)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride, groups=groups)
+        self.conv3, self.bn3 = _conv_bn(width, c_out, 1)
+        self.downsample = _downsample(c_in, c_out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + self.downsample(x))
+
+
+class GroupedNet(nn.Module):
+    """Stem, stages of ``GroupedBottleneck`` (stage i: ``depths[i]`` blocks, bottleneck width
+    ``widths[i]`` in ``widths[i] // group_width`` conv groups, ``outs[i]`` output channels),
+    global pool, Linear."""
+
+    def __init__(self, widths: tuple[int, ...], outs: tuple[int, ...], depths: tuple[int, ...],
+                 group_width: int, stem: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_bn(3, stem, 3), nn.ReLU()]
+        c = stem
+        for i, (w, c_out, n) in enumerate(zip(widths, outs, depths, strict=True)):
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(GroupedBottleneck(c, w, c_out, w // group_width, stride))
+                c = c_out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+def _resnext() -> nn.Module:
+    """ResNeXt pattern: cardinality 8 in every stage (32x4d scaled down to 8x2d, 8x4d)."""
+    return GroupedNet(widths=(16, 32), outs=(32, 64), depths=(2, 1), group_width=2)
+
+
+def _regnet() -> nn.Module:
+    """RegNetX pattern: a fixed group width of 4, the number of conv groups grows per stage."""
+    return GroupedNet(widths=(16, 32, 48), outs=(16, 32, 48), depths=(1, 2, 1), group_width=4)
+
+
+# --------------------------------------------------------------------------- GhostNet
+
+
+class GhostModule(nn.Module):
+    """GhostNet's module: a primary 1x1 conv makes ceil(c_out / ratio) channels, a cheap
+    depthwise 3x3 makes (ratio - 1) more from each, the two are concatenated and sliced to
+    c_out."""
+
+    def __init__(self, c_in: int, c_out: int, ratio: int = 2, relu: bool = True) -> None:
+        super().__init__()
+        self.c_out = c_out
+        init = -(-c_out // ratio)
+        act: list[nn.Module] = [nn.ReLU()] if relu else []
+        self.primary = nn.Sequential(*_conv_bn(c_in, init, 1), *act)
+        self.cheap = nn.Sequential(*_conv_bn(init, init * (ratio - 1), 3, groups=init), *act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], dim=1)[:, : self.c_out]
+
+
+class GhostBottleneck(nn.Module):
+    """Ghost module (expand), optional stride-2 depthwise, ghost module (project, no ReLU),
+    plus identity or a depthwise + 1x1 shortcut."""
+
+    def __init__(self, c_in: int, hidden: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.ghost1 = GhostModule(c_in, hidden)
+        self.dw = nn.Sequential(*_conv_bn(hidden, hidden, 3, stride, groups=hidden)) \
+            if stride > 1 else nn.Identity()
+        self.ghost2 = GhostModule(hidden, c_out, relu=False)
+        if stride == 1 and c_in == c_out:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(*_conv_bn(c_in, c_in, 3, stride, groups=c_in),
+                                          *_conv_bn(c_in, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.dw(self.ghost1(x))) + self.shortcut(x)
+
+
+class GhostNet(nn.Module):
+    """Stem, ghost bottlenecks, a last ghost module whose slice cuts (4 primary + 8 cheap
+    channels at ratio 3, sliced to 10), 1x1 head, pool, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 16, 3, 2), nn.ReLU())
+        self.blocks = nn.Sequential(
+            GhostBottleneck(16, 24, 16),
+            GhostBottleneck(16, 48, 24, stride=2),
+            GhostBottleneck(24, 36, 24),
+            GhostModule(24, 10, ratio=3, relu=False),
+        )
+        self.head = nn.Sequential(*_conv_bn(10, 64, 1), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+# --------------------------------------------------------------------------- GroupNorm
+
+
+class GroupNormNet(nn.Module):
+    """conv-GN-ReLU stages with residual blocks, the norm of detection and small-batch nets."""
+
+    def __init__(self, widths: tuple[int, int] = (16, 32), groups: int = 4) -> None:
+        super().__init__()
+        w1, w2 = widths
+        self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, padding=1), nn.GroupNorm(groups, w1),
+                                  nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(w1, w1, 3, padding=1), nn.GroupNorm(groups, w1),
+                                   nn.ReLU(), nn.Conv2d(w1, w1, 3, padding=1),
+                                   nn.GroupNorm(groups, w1))
+        self.down = nn.Sequential(nn.Conv2d(w1, w2, 3, 2, 1), nn.GroupNorm(groups, w2),
+                                  nn.ReLU())
+        self.fc = nn.Linear(w2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.down(F.relu(x + self.block(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# --------------------------------------------------------------------------- BERT
+
+
+class BertLayer(nn.Module):
+    """Post-LN encoder layer: LN(x + attn(x, mask)), LN(x + ffn(x))."""
+
+    def __init__(self, dim: int, heads: int, tokens: int, hidden: int) -> None:
+        super().__init__()
+        self.attn = Attention(dim, heads, tokens)
+        self.norm1 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.attn(x, mask))
+        return self.norm2(x + self.fc2(F.gelu(self.fc1(x))))
+
+
+class TinyBert(nn.Module):
+    """BERT-style encoder: token + position embeddings (Gather), an additive padding mask
+    over the scores, post-LN layers, a pooler (Linear + Tanh on the first token), a classifier.
+
+    The zoo feeds one float tensor, so the token ids come from it in the graph: the number of
+    ``boundaries`` each value exceeds (id 0 is padding, and masked out of attention). The mask
+    adds -30, not BERT's -1e4: a padded token still weighs e^-30 ~ 1e-13, and unlike e^-1e4
+    that is not 0 in float32, so the mask constant, bound as a parameter, keeps a gradient.
+    """
+
+    def __init__(self, vocab: int = 12, tokens: int = 8, dim: int = 24, heads: int = 3,
+                 depth: int = 2, hidden: int = 48) -> None:
+        super().__init__()
+        self.register_buffer("boundaries", torch.linspace(-1.5, 1.5, vocab - 1))
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(BertLayer(dim, heads, tokens, hidden) for _ in range(depth))
+        self.pooler = nn.Linear(dim, dim)
+        self.classifier = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = (x.unsqueeze(-1) > self.boundaries).sum(-1)
+        mask = (ids == 0).to(x.dtype)[:, None, None, :] * -30.0
+        h = self.norm(self.tokens(ids) + self.positions)
+        for layer in self.layers:
+            h = layer(h, mask)
+        return self.classifier(torch.tanh(self.pooler(h[:, 0])))
 
 
 # --------------------------------------------------------------------------- registry
@@ -576,6 +767,11 @@ _ENTRIES = [
     _entry("stacked_unets", StackedUNets, (1, 1, 32, 32)),
     _entry("carn", CARN, (1, 3, 16, 16)),
     _entry("vit", ViT, (1, 3, 16, 16)),
+    _entry("resnext", _resnext, (1, 3, 16, 16)),
+    _entry("regnet", _regnet, (1, 3, 16, 16)),
+    _entry("ghostnet", GhostNet, (1, 3, 16, 16)),
+    _entry("groupnorm_net", GroupNormNet, (1, 3, 16, 16)),
+    _entry("bert", TinyBert, (1, 8)),
 ]
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}

@@ -224,12 +224,15 @@ def _one_line_per_kind(reasons: list[str], kinds: dict[str, str], *, shown: int 
 
 
 def _coverage_signatures(tracer: Tracer, roots: np.ndarray) -> np.ndarray:
-    """Per class, the XOR of a random 64-bit key of every member record that covers it: two
-    classes share a signature iff the same records cover both (up to 2^-64 collisions)."""
+    """Per class, the XOR of a random 64-bit key of every member record that covers it, times
+    how often it covers it: two classes share a signature iff the same records cover both
+    equally often (up to 2^-64 collisions), so each group maps onto every member the same way
+    (a ghost module sliced to C keeps some channels' cheap copies and not others')."""
     keys = np.random.default_rng(0).integers(1, 2**63, size=len(tracer.members), dtype=np.int64)
     signature = np.zeros(roots.shape, dtype=np.int64)
-    for key, record in zip(keys.tolist(), tracer.members, strict=True):
-        signature[np.unique(roots[record.slots])] ^= key
+    for key, record in zip(keys, tracer.members, strict=True):
+        classes, counts = np.unique(roots[record.slots], return_counts=True)
+        signature[classes] ^= key * counts  # wraps around: only equality matters
     return signature
 
 
@@ -264,19 +267,42 @@ def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members
         channels = channels_here[selected]
         order = np.lexsort((selected, channels))
         counts = np.bincount(channels, minlength=sizes[gid])
-        index_map = None
+        maps = None
         if counts.min() > 0 and (counts == counts[0]).all():
-            rows = selected[order].reshape(sizes[gid], int(counts[0]))
-            index_map = IndexMap.fit(rows)
-        if index_map is None:
+            maps = _fit_pieces(selected[order].reshape(sizes[gid], int(counts[0])))
+        if maps is None:
             _add_reason(reasons[gid], tracer.note(
                 f"'{record.initializer}' axis {record.axis} does not map channel by channel "
                 f"onto this group", "member does not fit"))
             continue
         if len(users) > 1:
             _add_reason(reasons[gid], _shared(record.initializer, users, tracer))
-        members[gid].append(Member(record.initializer, record.axis, record.role, index_map,
-                                   record.node))
+        members[gid].extend(Member(record.initializer, record.axis, record.role, index_map,
+                                   record.node) for index_map in maps)
+
+
+def _fit_pieces(rows: np.ndarray, *, most: int = 8) -> list[IndexMap] | None:
+    """Index maps that together give channel c the indices ``rows[c]``: one when it fits, else
+    the longest runs of columns that fit (a fused qkv's q, k and v blocks; a ghost module's
+    primary channel and its cheap copies), at most ``most`` of them."""
+    whole = IndexMap.fit(rows)
+    if whole is not None:
+        return [whole]
+    pieces: list[IndexMap] = []
+    start, width = 0, rows.shape[1]
+    while start < width and len(pieces) < most:
+        best = IndexMap.fit(rows[:, start:start + 1])
+        end = start + 1
+        while best is not None and end < width:
+            longer = IndexMap.fit(rows[:, start:end + 1])
+            if longer is None:
+                break
+            best, end = longer, end + 1
+        if best is None:
+            return None
+        pieces.append(best)
+        start = end
+    return pieces if start == width else None
 
 
 def _shared(initializer: str, users: list, tracer: Tracer) -> str:

@@ -78,6 +78,38 @@ def test_removing_a_head_rewrites_both_reshapes_and_keeps_the_function():
     assert targets == [(-1, TOKENS, 1, HEAD_DIM)] * 3 + [(-1, TOKENS, HEAD_DIM)]
 
 
+def _fused_encoder() -> onnx.ModelProto:
+    """timm's layout: one qkv MatMul, Reshape to (1, T, 3, H, hd), Transpose to
+    (3, 1, H, T, hd), q, k, v = Gather 0, 1, 2."""
+    g = GraphBuilder(seed=4)
+    x = g.input("x", [1, TOKENS, DIM])
+    qkv = g.op("Add", [g.matmul(x, 3 * DIM, name="qkv"), g.weight("qkv.bias", [3 * DIM])])
+    qkv = g.op("Reshape", [qkv, _ints(g, "qkv_shape", [1, TOKENS, 3, HEADS, HEAD_DIM])])
+    qkv = g.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])
+    q, k, v = (g.op("Gather", [qkv, _ints(g, f"pick{i}", i)], axis=0) for i in range(3))
+    scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    attn = g.op("Softmax", [scores], axis=-1)
+    y = g.op("Transpose", [g.op("MatMul", [attn, v])], perm=[0, 2, 1, 3])
+    y = g.op("Reshape", [y, _ints(g, "merge_shape", [1, TOKENS, DIM])])
+    y = g.op("Relu", [g.matmul(y, DIM, name="out")])
+    return g.build(outputs=[g.matmul(y, 3, name="head")])
+
+
+def test_fused_qkv_head_owns_three_column_blocks():
+    model = _fused_encoder()
+    result = partition(model)
+    heads = group_with(result, "qkv.bias")
+    assert heads.prunable and heads.size == HEADS
+    blocks = sorted(m.index_map.offset for m in heads.members if m.initializer == "qkv.weight")
+    assert blocks == [0, DIM, 2 * DIM]
+    assert all(m.index_map.block == HEAD_DIM for m in heads.members)
+    assert_invariant(model, result)
+    outcome = shrink(model, {heads.id: np.array([True, False])}, result=result)
+    assert outcome.passed
+    inits = {t.name: t.dims for t in outcome.model.graph.initializer}
+    assert list(inits["qkv.weight"]) == [DIM, 3 * HEAD_DIM]
+
+
 def test_q_alone_in_a_head_group_would_not_be_zero_invariant():
     """Why q, k and v share the group: zeroing only q's head makes the softmax uniform, and
     the head still passes v on: the gap is the head's contribution, clearly non-zero."""

@@ -32,6 +32,11 @@ EXPECTED_NAMES = {
     "stacked_unets",
     "carn",
     "vit",
+    "resnext",
+    "regnet",
+    "ghostnet",
+    "groupnorm_net",
+    "bert",
 }
 LIGHT = light_names()
 TABLE = "tests/zoo_expectations.py"
@@ -101,7 +106,8 @@ def test_build_is_deterministic_and_seeded():
 @pytest.mark.parametrize("name", LIGHT)
 def test_norm_params_are_randomized(name: str, zoo_pair):
     model, _ = zoo_pair(name)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.LayerNorm)]
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.BatchNorm2d | torch.nn.LayerNorm | torch.nn.GroupNorm)]
     for m in norms:
         assert not torch.all(m.weight == 1)
         assert not torch.all(m.bias == 0)

@@ -338,6 +338,25 @@ def test_slice_with_step_2_on_channels_is_not_prunable():
         result.groups[0].reason
 
 
+@pytest.mark.parametrize(("c_out", "sizes"), [(12, [(4, True)]), (10, [(3, True), (1, True)])])
+def test_ghost_module_slice_follows_the_concat(c_out, sizes):
+    """GhostNet: primary 1x1 (4 channels), cheap depthwise (2 copies each), Concat, Slice to
+    c_out. Sliced to 10, channel 3 loses its cheap copies: it becomes a group of its own, so
+    every group maps onto the next conv the same way (primary offset 0, copies offset 4)."""
+    g = GraphBuilder(seed=60)
+    primary = g.op("Relu", [g.bn(g.conv(g.input("x", [1, 3, 6, 6]), 4, name="c1"))])
+    cheap = g.op("Relu", [g.conv(primary, 8, k=3, pad=1, group=4, bias=True, name="dw")])
+    both = g.op("Concat", [primary, cheap], axis=1)
+    y = g.op("Slice", [both, _ints(g, "s0", [0]), _ints(g, "s1", [c_out]), _ints(g, "ax", [1])])
+    model = g.build([g.conv(y, 5, name="c2")])
+    result = partition(model)
+    assert _sizes(result)[:-1] == sizes
+    first = result.groups[0]
+    assert sorted((m.index_map.offset, m.index_map.block) for m in first.members
+                  if m.initializer == "c2.weight") == [(0, 1), (4, 2)]
+    assert_invariant(model, result)
+
+
 # --- Pad / Resize / DepthToSpace ------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
 def test_pad_on_spatial_axes_passes(mode):
@@ -454,8 +473,29 @@ def test_depth_to_space_of_channels_not_on_axis_1_is_a_barrier():
         group_with(result, "c1.weight").reason
 
 
+# --- Gather --------------------------------------------------------------------------------
+def test_gather_of_another_axis_keeps_the_channels():
+    """x[:, :, 0] of (1, 8, 4, 4): the channel axis stays 1; a (1, 8, 4) tensor reaches the
+    next layer through Unsqueeze."""
+    g = GraphBuilder(seed=77)
+    row = g.op("Gather", [_stem(g), _ints(g, "row", 0)], name="pick", axis=2)
+    y = g.op("Unsqueeze", [row, _ints(g, "axes", [2])])
+    model = g.build([g.conv(y, 5, name="c2")])
+    result = partition(model)
+    assert _sizes(result) == [(8, True), (5, False)]
+    assert_invariant(model, result)
+
+
+def test_gather_of_the_channel_axis_is_a_barrier():
+    g = GraphBuilder(seed=77)
+    y = g.op("Gather", [_stem(g), _ints(g, "idx", [0, 2, 4])], name="pick", axis=1)
+    model = g.build([g.conv(y, 5, name="c2")])
+    result = partition(model)
+    assert "Gather node 'pick' picks channels by index" in result.groups[0].reason
+
+
 # --- barriers ------------------------------------------------------------------------------
-@pytest.mark.parametrize("op_type", ["Einsum", "TopK", "Gather"])
+@pytest.mark.parametrize("op_type", ["Einsum", "TopK", "CumSum"])
 def test_unknown_op_is_a_barrier_naming_node_and_op(op_type):
     g = GraphBuilder(seed=76)
     stem = _stem(g)
@@ -464,7 +504,7 @@ def test_unknown_op_is_a_barrier_naming_node_and_op(op_type):
     elif op_type == "TopK":
         y = g.op("TopK", [stem, _ints(g, "k", [2])], name="mystery", outputs=2, axis=3)[0]
     else:
-        y = g.op("Gather", [stem, _ints(g, "idx", [0, 2, 4])], name="mystery", axis=1)
+        y = g.op("CumSum", [stem, _ints(g, "axis", 1)], name="mystery")
     model = g.build([g.conv(y, 5, name="c2")])
     result = partition(model)
     assert not result.groups[0].prunable

@@ -17,6 +17,7 @@ from onnxoto.rules.layout import (
     ConcatRule,
     DepthToSpaceRule,
     FlattenRule,
+    GatherRule,
     PadRule,
     ReshapeRule,
     ResizeRule,
@@ -40,7 +41,7 @@ RULES: tuple[Rule, ...] = (
     ZeroPreservingRule(), NonZeroAtZeroRule(), ClipRule(), PReluRule(), PoolRule(), JoinRule(),
     PerChannelNormRule(), ChannelMixingNormRule(), GroupNormRule(), SoftmaxRule(), ReduceRule(),
     FlattenRule(), ReshapeRule(), TransposeRule(), SqueezeRule(), ConcatRule(), SplitRule(),
-    SliceRule(), PadRule(), ResizeRule(), ShapeOnlyRule(), DepthToSpaceRule(),
+    SliceRule(), GatherRule(), PadRule(), ResizeRule(), ShapeOnlyRule(), DepthToSpaceRule(),
 )
 
 DEFAULT_DOMAINS = ("", "ai.onnx")

@@ -472,6 +472,24 @@ def _slice_params(node, ctx, rank):
     return starts, ends, axes, steps
 
 
+class GatherRule(Rule):
+    """Gather with constant indices along another axis picks whole slices, channels intact (a
+    fused qkv's q = qkv[0], the class token x[:, 0]); along the channel axis it is a barrier."""
+
+    op_types = ("Gather",)
+    needs_rank = True
+
+    def follow(self, node, ctx, space, rank):
+        indices = ctx.const(node.input[1])
+        axis = normalize_axis(int(attrs(node).get("axis", 0)), rank)
+        if axis == space.axis or indices is None:
+            barrier(node, ctx, "picks channels by index" if axis == space.axis else
+                    "picks slices by run-time indices")
+            return
+        moved = space.axis if space.axis < axis else space.axis - 1 + np.ndim(indices)
+        ctx.set_space(node.output[0], space.on_axis(moved))
+
+
 class PadRule(Rule):
     """Pad leaves channels alone unless it pads the channel axis; a non-zero fill dirties."""
 
