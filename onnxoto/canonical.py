@@ -223,8 +223,12 @@ def _drop_dead(graph: onnx.GraphProto, *, candidates: set[int], folded: set[str]
     for index in dropped:  # descending, so earlier indices stay valid
         del graph.node[index]
     unused = [i for i, t in enumerate(graph.initializer) if t.name not in needed]
+    gone = {graph.initializer[i].name for i in unused}
     for index in reversed(unused):
         del graph.initializer[index]
+    stale = [i for i, v in enumerate(graph.input) if v.name in gone]  # weights listed as inputs
+    for index in reversed(stale):
+        del graph.input[index]
 
 
 def split_shared(model: onnx.ModelProto) -> None:

@@ -104,6 +104,18 @@ def test_identity_fed_shared_parameters_become_one_initializer_per_use():
     assert_invariant(result.model, result)
 
 
+def test_weights_listed_as_graph_inputs_are_not_left_behind():
+    """keep_initializers_as_inputs: the merged initializer folded away must not stay a graph
+    input, or the canonical model would ask for it at run time."""
+    model = identity_fed_net()
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    result = partition(model)
+    assert [i.name for i in result.model.graph.input] == [
+        "x", *(n for n in (i.name for i in model.graph.input[1:]) if n != "merged")]
+    assert_invariant(result.model, result)
+
+
 def test_cast_like_of_a_constant_scale_becomes_an_attached_scale():
     model = cast_like_scale_net()
     result = partition(model)
