@@ -42,6 +42,10 @@ QUANTIZED_OPS = frozenset({
     "MatMulNBits", "QOrderedMatMul",
 })
 
+# Ops whose output is not a function of their inputs: folding would freeze one draw.
+RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                        "Multinomial", "Bernoulli"})
+
 # A single-use view of a weight: rules already look through it to the initializer, and folding
 # it would only rename the weight (state_dict names would be lost).
 WEIGHT_VIEWS = ("Identity", "Transpose", "Cast")
@@ -86,7 +90,7 @@ def scan(model: onnx.ModelProto) -> Scan:
         inputs = [name for name in node.input if name]
         if node.op_type == "CastLike":  # only its first input's value matters
             inputs = inputs[:1]
-        if inputs and all(name in known for name in inputs) and not has_subgraph(node):
+        if inputs and all(name in known for name in inputs) and _foldable_op(node):
             known.update(node.output)
             if not _is_weight_view(node, initializers, readers):
                 foldable.append(index)
@@ -264,6 +268,12 @@ def _fresh(base: str, taken: set[str]) -> str:
         name = f"{base}.{n}"
     taken.add(name)
     return name
+
+
+def _foldable_op(node: onnx.NodeProto) -> bool:
+    """Default-domain ops without randomness or bodies: onnxruntime computes them exactly."""
+    return (node.domain in ("", "ai.onnx") and node.op_type not in RANDOM_OPS
+            and not has_subgraph(node))
 
 
 def _splittable(tensor: onnx.TensorProto) -> bool:

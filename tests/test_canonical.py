@@ -136,6 +136,37 @@ def test_nothing_to_fold_costs_nothing():
     assert canonicalize(model) is model
 
 
+def test_random_and_custom_ops_are_not_folded():
+    g = GraphBuilder(seed=6)
+    x = g.input("x", [1, 3, 8, 8])
+    shape = g.init("like", np.zeros((1, 4, 8, 8), np.float32))
+    noise = g.op("RandomUniformLike", [shape], name="noise")
+    g.op("Mystery", [shape], name="odd", domain="com.example")
+    model = g._model([g.op("Add", [g.conv(x, 4, name="c1"), noise])], check=False)
+    assert not scan(model).foldable
+
+
+def test_a_failed_fold_leaves_the_graph_as_it_was(monkeypatch):
+    """Folding is an improvement, never a risk: if graphsurgeon fails, the computed bias stays
+    computed (its groups barred) and a warning says why."""
+    import onnxoto.canonical as canonical
+
+    def broken(small, boundary):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setattr(canonical, "_fold_with_graphsurgeon", broken)
+    model = torch214_net()
+    with pytest.warns(UserWarning, match="constant folding failed \\(no luck\\)"):
+        result = partition(model)
+    assert "CastLike" in {n.op_type for n in result.model.graph.node}
+    for conv in ("c1", "c2"):
+        group = next(g for g in result.groups if any(m.node == conv for m in g.members
+                                                     if m.role == "producer"))
+        assert not group.prunable
+        assert f"Conv node '{conv}' reads '" in group.reason
+        assert "computed at run time" in group.reason
+
+
 def test_copy_unless_in_place():
     model = identity_fed_net()
     before = model.SerializeToString()
@@ -183,3 +214,15 @@ def test_qlinear_conv_is_refused():
                               opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(OnnxotoError, match="QLinearConv node 'qconv'"):
         partition(model)
+
+
+def test_a_bias_fed_at_run_time_keeps_its_channels():
+    """What no folding can make constant (a bias that is a graph input) bars its group: shrink
+    could not slice it, and zeroing the weight would not zero the channel."""
+    g = GraphBuilder(seed=7)
+    x, b = g.input("x", [1, 3, 8, 8]), g.input("b", [8])
+    y = g.op("Relu", [_conv(g, x, 8, "c1", b)])
+    model = g.build([g.conv(y, 4, name="c2")])
+    c1 = group_with(partition(model), "c1.weight", "producer")
+    assert not c1.prunable
+    assert "Conv node 'c1' reads 'b' computed at run time" in c1.reason

@@ -27,10 +27,17 @@ def _stem_output(node: onnx.NodeProto, ctx: Tracer, size: int, axis: int,
                  weights: list[tuple[str, int]]) -> Space:
     space = ctx.new_space(size, axis)
     for name, weight_axis in weights:
-        if name:
-            ctx.const_member(name, weight_axis, "producer", space.slots, node)
+        _producer(node, ctx, name, weight_axis, space)
     ctx.set_space(node.output[0], space)
     return space
+
+
+def _producer(node: onnx.NodeProto, ctx: Tracer, name: str, axis: int, space: Space) -> None:
+    """Record a producer member; one that is no initializer (a bias computed at run time)
+    cannot be zeroed or sliced, so its channels are kept."""
+    if name and not ctx.const_member(name, axis, "producer", space.slots, node):
+        ctx.taint(space, f"{node_label(node)} reads '{name}' computed at run time; its "
+                         f"channels are kept")
 
 
 class ConvRule(Rule):
@@ -66,8 +73,7 @@ class ConvRule(Rule):
             tied = ctx.new_space(c_out // group, 1)
             out = Space(1, np.tile(tied.slots, group), np.tile(tied.dirt, group))
             for name in (weight, bias):
-                if name:
-                    ctx.const_member(name, 0, "producer", out.slots, node)
+                _producer(node, ctx, name, 0, out)
             ctx.set_space(node.output[0], out)
             return
         if space.axis != 1 or space.size != group * c_in_per_group:
@@ -80,8 +86,7 @@ class ConvRule(Rule):
         dirt = space.dirt.reshape(group, c_in_per_group).max(axis=1)
         out = Space(1, np.repeat(grid[:, 0], per_group), np.repeat(dirt, per_group))
         ctx.const_member(weight, 0, "attached", out.slots, node)
-        if bias:
-            ctx.const_member(bias, 0, "producer", out.slots, node)
+        _producer(node, ctx, bias, 0, out)
         ctx.set_space(node.output[0], out)
 
     def rewrite(self, node, edit: Edit):
