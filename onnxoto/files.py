@@ -273,8 +273,9 @@ def save_model(model: onnx.ModelProto, path: PathLike, *,
     old_data = [folder / loc for loc in external_locations(path) if _owned_data(path, loc)]
     new_location = _fresh_data_name(path) if external else None
     journal = staging.path("journal")
-    journal.write_text(json.dumps({"target": path.name, "new": new_location,
-                                   "old": [p.name for p in old_data]}))
+    record = {"target": path.name, "new": new_location, "old": [p.name for p in old_data],
+              "committed": False}
+    _write_journal(staging, record)
     mode = file_mode()
     try:
         files = [shown]
@@ -290,6 +291,7 @@ def save_model(model: onnx.ModelProto, path: PathLike, *,
             os.replace(data_sink.path, folder / new_location)
         os.replace(sink.path, path)  # the commit point
         _sync_folder(folder)
+        _write_journal(staging, {**record, "committed": True})
         for old in old_data:
             if old.name != new_location:
                 with contextlib.suppress(FileNotFoundError):
@@ -299,6 +301,13 @@ def save_model(model: onnx.ModelProto, path: PathLike, *,
         staging.remove_all()
     return Written(path=shown, bytes=sink.size, sha256=sink.digest.hexdigest(), files=files,
                    data_bytes=0 if data_sink is None else data_sink.size)
+
+
+def _write_journal(staging: _Staging, record: dict) -> None:
+    """Replace the journal in one rename, so a concurrent sweep never reads half of one."""
+    tmp = staging.path("journal.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, staging.path("journal"))
 
 
 def _write_split(model: onnx.ModelProto, staging: _Staging, location: str,
@@ -376,10 +385,11 @@ def _sweep_orphans(path: Path, *, own: Path) -> None:
 
     Two concurrent writers can both read the same old ``.onnx``; the one that commits first
     then has its data file replaced by the other's commit, and neither deletes it. Such a file
-    is garbage unless a live writer's journal names it (journals are written before data files,
-    and data files are listed here before journals are read, so a write in progress is always
-    seen). An unreadable journal (being written) stops the sweep: better a stray file than a
-    lost one.
+    is garbage unless a live writer that has not committed yet names it in its journal
+    (journals are written before data files, and data files are listed here before journals
+    are read, so a write in progress is always seen). A writer marks its journal committed
+    before its own sweep, so of two racing writers the later sweep sees the other's file as
+    garbage. An unreadable journal stops the sweep: better a stray file than a lost one.
     """
     folder = path.parent
     ours = re.compile(re.escape(path.name) + r"\.[0-9a-f]{12}\.data")
@@ -397,7 +407,8 @@ def _sweep_orphans(path: Path, *, own: Path) -> None:
             continue
         except (OSError, ValueError):
             return
-        if record.get("target") == path.name and record.get("new"):
+        if record.get("target") == path.name and record.get("new") and \
+                not record.get("committed"):
             busy.add(record["new"])
     referenced = set(external_locations(path))
     for candidate in candidates:

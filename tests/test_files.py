@@ -280,6 +280,55 @@ def weights_of(model: onnx.ModelProto) -> np.ndarray:
     return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
 
 
+def test_racing_writers_leave_one_pair(tmp_path):
+    """Rounds of four processes released at once, each saving one external-data model to the
+    same path: after every round one .onnx and the one data file it references are left."""
+    path = tmp_path / "slim.onnx"
+    models = [tiny_model(channels=64, seed=s) for s in range(4)]
+    for round_ in range(10):
+        gate, release = os.pipe()
+        children = []
+        for model in models:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(release)
+                    os.read(gate, 1)  # returns when the parent closes its end: all start at once
+                    save_model(model, path, external=True)
+                finally:
+                    os._exit(0)
+            children.append(pid)
+        os.close(gate)
+        os.close(release)
+        for pid in children:
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert any(np.array_equal(weights(path), weights_of(m)) for m in models)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["slim.onnx", *external_locations(path)]), f"round {round_}"
+
+
+def test_sweep_keeps_data_of_writers_still_in_flight(tmp_path):
+    """A live writer's data file is kept until its journal says it committed; after that,
+    unreferenced, it is garbage (the writer that raced it has replaced its .onnx)."""
+    import json
+
+    path = tmp_path / "slim.onnx"
+    save_model(tiny_model(seed=0), path, external=True)
+    other = tmp_path / "slim.onnx.0123456789ab.data"
+    other.write_bytes(b"weights of a writer still running")
+    journal = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-feed.journal"
+    record = {"target": "slim.onnx", "new": other.name, "old": [], "committed": False}
+    journal.write_text(json.dumps(record))
+    save_model(tiny_model(seed=1), path, external=True)
+    assert other.exists()
+    journal.write_text(json.dumps({**record, "committed": True}))
+    save_model(tiny_model(seed=2), path, external=True)
+    assert not other.exists()
+    journal.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["slim.onnx", *external_locations(path)])
+
+
 def test_concurrent_shrinks_to_one_path(zoo_cache, tmp_path):
     """Four `onnxoto shrink` of ResNet-50 to one path at once: one valid model is left, with
     one data file, and each run's report describes the file that run wrote."""
@@ -306,8 +355,8 @@ def test_concurrent_shrinks_to_one_path(zoo_cache, tmp_path):
     final = hashlib.sha256(slim.read_bytes()).hexdigest()
     winner = reports[shas.index(final)]
     assert winner["bytes"] == slim.stat().st_size
-    assert sorted(p.name for p in slim.parent.iterdir()) == sorted(
-        [slim.name, Path(winner["files"][1]).name])
+    left = sorted(p.name for p in slim.parent.iterdir())
+    assert left == sorted([slim.name, Path(winner["files"][1]).name]), (left, reports)
     assert Path(winner["files"][1]).stat().st_size == winner["data_bytes"]
     load_model(slim)
 
