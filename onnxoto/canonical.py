@@ -139,9 +139,7 @@ def fold(model: onnx.ModelProto, foldable: tuple[int, ...], *, where: str = "mod
         warnings.warn(f"{where}: constant folding failed ({str(exc).splitlines()[0]}); "
                       f"computed tensors are kept as they are", stacklevel=3)
         return
-    graph = model.graph
-    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in values.items())
-    _drop_dead(graph, candidates=set(_fold_sources(model, foldable)), folded=set(values))
+    _splice(model.graph, set(_fold_sources(model, foldable)), values)
 
 
 def _fold_sources(model: onnx.ModelProto, foldable: tuple[int, ...]) -> list[int]:
@@ -213,19 +211,24 @@ def _fold_with_graphsurgeon(small: onnx.ModelProto, boundary: list[str]) -> dict
             if isinstance(tensors.get(name), gs.Constant)}
 
 
-def _drop_dead(graph: onnx.GraphProto, *, candidates: set[int], folded: set[str]) -> None:
-    """Remove candidate nodes (indices) whose outputs are folded or no longer read, then the
-    initializers nothing reads any more (graph outputs and subgraph reads count as reads)."""
+def _splice(graph: onnx.GraphProto, candidates: set[int], values: dict[str, np.ndarray]) -> None:
+    """Drop the candidate nodes (indices) whose outputs are all folded or no longer read, give
+    the folded outputs still read an initializer each, then drop initializers (and their
+    graph-input declarations) nothing reads any more. A node with one output that could not
+    be folded stays whole, so no tensor is ever defined twice."""
     needed = {o.name for o in graph.output}
     dropped = []
     for index in reversed(range(len(graph.node))):
         node = graph.node[index]
-        if index in candidates and all(o in folded or o not in needed for o in node.output if o):
+        if index in candidates and all(o in values or o not in needed for o in node.output if o):
             dropped.append(index)
             continue
         needed.update(reads(node))
+    provided = {o for i in dropped for o in graph.node[i].output if o in values and o in needed}
     for index in dropped:  # descending, so earlier indices stay valid
         del graph.node[index]
+    graph.initializer.extend(numpy_helper.from_array(value, name)
+                             for name, value in values.items() if name in provided)
     unused = [i for i, t in enumerate(graph.initializer) if t.name not in needed]
     gone = {graph.initializer[i].name for i in unused}
     for index in reversed(unused):

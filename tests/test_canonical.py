@@ -226,3 +226,22 @@ def test_a_bias_fed_at_run_time_keeps_its_channels():
     c1 = group_with(partition(model), "c1.weight", "producer")
     assert not c1.prunable
     assert "Conv node 'c1' reads 'b' computed at run time" in c1.reason
+
+
+def test_a_node_folded_only_in_part_stays_whole(monkeypatch):
+    """A Split whose small output folds but whose large one does not (over the size limit)
+    keeps computing both: an output defined by a node and an initializer is invalid ONNX."""
+    import onnxoto.canonical as canonical
+
+    monkeypatch.setattr(canonical, "FOLD_LIMIT_BYTES", 20)
+    g = GraphBuilder(seed=8)
+    x = g.input("x", [1, 3, 8, 8])
+    both = g.init("both", np.linspace(-1, 1, 12).astype(np.float32))
+    small, large = g.op("Split", [both, g.init("sizes", np.array([4, 8]))], outputs=2,
+                        name="split")
+    y = g.op("Relu", [_conv(g, x, 4, "c1", small)])
+    model = g.build([g.conv(y, 8, name="c2"), large])
+    canonical_model = canonicalize(model)
+    onnx.checker.check_model(canonical_model, full_check=True)
+    assert "Split" in {n.op_type for n in canonical_model.graph.node}
+    assert not group_with(partition(model), "c1.weight", "producer").prunable
