@@ -20,6 +20,11 @@ it, the new pair is complete. Only then is the previous data file removed (only 
 another model too). A kill leaves staging files (prefix ``.onnxoto-<pid>-``) and a journal that
 lists the data files the write was creating and replacing; the next write into that folder sees
 that the pid is gone and deletes those of them the current ``.onnx`` does not reference.
+
+**Concurrent writers** to one path each commit a complete pair, so the last rename wins with a
+consistent pair. What each run reports is measured while writing (``Written``), not read back
+from a path another run may already have replaced; a finished write also deletes data files
+that lost such a race (see ``_sweep_orphans``).
 """
 
 from __future__ import annotations
