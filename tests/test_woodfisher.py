@@ -275,3 +275,43 @@ def test_structured_prune_shrinks_and_validates(zoo_cache):
     with torch.no_grad():
         loss_after = float(torch.nn.functional.cross_entropy(module(x), y))
     assert loss_after < loss_before + 5, "group OBS must not blow the model up"
+
+
+def test_zigs_without_elements_are_never_pruned():
+    """An index of consumer slices can miss a group (here group 1 has none): its ZIGs hold no
+    element, look 'already zero', and must not be chosen."""
+    gen = torch.Generator().manual_seed(5)
+    params = {"w": torch.nn.Parameter(torch.randn(4, 3, generator=gen)),
+              "v": torch.nn.Parameter(torch.ones(3))}
+    groups = [Group(0, 3, True, None, [Member("w", 1, "consumer")]),
+              Group(1, 3, True, None, [Member("v", 0, "producer")])]
+    zig = build_zig_index(groups, params, roles=("consumer",))
+    pruned = prune_groups(zig, 0.5, "magnitude")
+    assert pruned.tolist()[3:] == [False, False, False]
+    assert int(pruned.sum()) == 2, "group 0 keeps one ZIG; group 1 has nothing to prune"
+
+
+def test_consumer_side_group_obs_shrinks_and_validates(zoo_cache):
+    """Group OBS over the consumer slices (the next layer compensates), then the same ZIGs'
+    producers zeroed: the function is unchanged by that zeroing and shrink validates."""
+    path = zoo_cache("mlpnet")
+    groups = partition(str(path)).groups
+    module = OnnxModule(path).eval()
+    params = module.onnx_parameters()
+    consumers = build_zig_index(groups, params, roles=("consumer",))
+    producers = build_zig_index(groups, params)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    fisher = BlockFisher.estimate(module, {e.name: e.param for e in consumers.entries}, [(x, y)],
+                                  torch.nn.functional.cross_entropy,
+                                  FisherOptions(num_grads=64, block_size=1000, damping=1e-3),
+                                  zig_axes(consumers))
+    pruned = prune_groups(consumers, 0.5, fisher=fisher)
+    with torch.no_grad():
+        before = module(x)
+        producers.zero_(params, pruned)
+        torch.testing.assert_close(module(x), before)
+    trained = write_back(module, onnx.load(str(path)))
+    result = shrink(trained, masks_from_zeros(trained, groups))
+    assert result.comparison
+    assert sum(int((~m).sum()) for m in result.masks.values()) == int(pruned.sum())

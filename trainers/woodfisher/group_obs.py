@@ -137,7 +137,8 @@ def prune_groups(zig: ZigIndex, sparsity: float, criterion: str = "woodfisher", 
     """Zero ``round(sparsity * K)`` ZIGs of ``zig`` in place (exact zeros) and return the pruned
     BoolTensor[K]. ``woodfisher`` ranks by rho_Q and applies the group OBS update (unless
     ``update`` is False); ``magnitude`` ranks by ||w_Q||^2. Already-zero ZIGs rank first, so a
-    gradual schedule keeps its earlier choices."""
+    gradual schedule keeps its earlier choices; ZIGs with no element in ``zig`` (an index of
+    other roles than producers may miss some) are never chosen."""
     if criterion not in GROUP_CRITERIA:
         raise OnnxotoError(f"group criterion {criterion!r}: choose from "
                            f"{', '.join(GROUP_CRITERIA)}")
@@ -153,6 +154,7 @@ def prune_groups(zig: ZigIndex, sparsity: float, criterion: str = "woodfisher", 
         scores = zig.group_sq_norms().double().cpu()
     scores[zig.zero_zigs().cpu()] = -1.0
     scores[_protected(zig, scores)] = float("inf")
+    scores[zig.sizes.cpu() == 0] = float("inf")  # no element of this index: nothing to prune
     count = min(round(sparsity * zig.num_groups), int(torch.isfinite(scores).sum()))
     pruned = torch.zeros(zig.num_groups, dtype=torch.bool)
     if count:
