@@ -19,7 +19,10 @@ from trainers.dhspg import DHSPG, STALLED, DHSPGOptions, redundant_lambdas
 from trainers.zig import ZigIndex, build_zig_index, row_stats
 
 STEPS = 600
-OPTIONS = dict(lr=0.1, momentum=0.9, warmup_steps=50, period=100, epsilon=0.5)
+# Our earlier rules (kept as options; OTOv2's are the defaults, tests/test_dhspg_official.py):
+# a redundant set of exactly the target, pushed until all of it is zero, re-chosen every period.
+OLD_RULES = dict(tolerance=0.0, release=False, score="salience", lam_bracket=True)
+OPTIONS = dict(lr=0.1, momentum=0.9, warmup_steps=50, period=100, epsilon=0.5, **OLD_RULES)
 
 
 @pytest.fixture(autouse=True)
@@ -217,6 +220,7 @@ def test_missing_producer_refused():
 
 
 def test_redundant_lambdas_keep_descent_and_shrink():
+    """``bracket`` (our option): the midpoint whenever the clipped lambda leaves (L, U)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4000, 8, generator=gen, dtype=torch.float64)
     d = torch.randn(4000, 8, generator=gen, dtype=torch.float64)
@@ -224,7 +228,7 @@ def test_redundant_lambdas_keep_descent_and_shrink():
     d[:100] = -2.5 * x[:100] + 1e-3 * d[:100]  # nearly parallel: a narrow (L, U)
     xx, xd, dd = (x * x).sum(1), (x * d).sum(1), (d * d).sum(1)
     for lam, amplify, hat in ((1e-3, 2.0, 10.0), (1e-2, 20.0, 1e3)):
-        lam_g = redundant_lambdas(xx, xd, dd, lam=lam, amplify=amplify, hat=hat)
+        lam_g = redundant_lambdas(xx, xd, dd, lam=lam, amplify=amplify, hat=hat, bracket=True)
         step = d + lam_g[:, None] * x / xx.sqrt()[:, None]
         assert ((step * d).sum(1) > 0).all(), "redundant step must stay a descent direction"
         assert ((step * x).sum(1) > 0).all(), "redundant step must shrink ||x||"
@@ -272,14 +276,16 @@ def _full_loss(model, x, y) -> float:
 
 def test_redundant_step_is_descent_and_shrinks(exported):
     model, params, zig, x, y = _mlp_setup(exported)
-    opt = DHSPG(params, zig, DHSPGOptions(lr=1e-4, target_group_sparsity=0.9, period=1000))
+    opt = DHSPG(params, zig, DHSPGOptions(lr=1e-4, target_group_sparsity=0.9, period=1000,
+                                          **OLD_RULES))
     before = {n: p.detach().clone() for n, p in params.items()}
     torch.nn.functional.cross_entropy(model(x), y).backward()
     grads = {n: p.grad.clone() for n, p in params.items()}
     opt.step()
     delta = {n: params[n].detach() - before[n] for n in params}
     red = opt._redundant
-    assert int(red.sum()) == int(0.9 * zig.num_groups)
+    whole = sum(bool(red[a:a + n].all()) for a, n in ((0, 40), (40, 20)))
+    assert whole == 0 and int(red.sum()) == int(0.9 * zig.num_groups) - 1, "one kept per group"
     descent = zig.dot(delta, grads)
     assert (descent[red] < 0).all(), "the redundant update must lower the linearized loss"
     assert (zig.dot(delta, before)[red] < 0).all(), "the redundant update must shrink ||x||"
@@ -294,7 +300,8 @@ def test_zero_redundant_set_takes_the_plain_step_without_the_sums(exported, monk
     zero[torch.randperm(zig.num_groups, generator=torch.Generator().manual_seed(0))
          [:zig.num_groups // 2]] = True
     zig.zero_(params, zero)
-    opt = DHSPG(params, zig, DHSPGOptions(lr=0.1, target_group_sparsity=0.5, period=3))
+    opt = DHSPG(params, zig, DHSPGOptions(lr=0.1, target_group_sparsity=0.5, period=3,
+                                          **OLD_RULES))
     sweeps = []
     pair_stats = zig.pair_stats
     monkeypatch.setattr(zig, "pair_stats", lambda *a, **k: sweeps.append(1) or pair_stats(*a, **k))
@@ -395,7 +402,8 @@ def test_deterministic_under_seed(exported):
 
 def test_state_dict_round_trip(exported):
     model, params, zig, x, y = _mlp_setup(exported)
-    options = DHSPGOptions(variant="adam", lr=1e-2, warmup_steps=20, period=30, epsilon=0.5)
+    options = DHSPGOptions(variant="adam", lr=1e-2, warmup_steps=20, period=30, epsilon=0.5,
+                           **OLD_RULES)
     opt = DHSPG(params, zig, options)
     _train(model, opt, x, y, 70)
     saved_params = copy.deepcopy(model.state_dict())
@@ -418,7 +426,7 @@ def test_adam_variant_reaches_target_with_exact_zeros(exported):
     model, params, zig, x, y = _mlp_setup(exported)
     initial = _full_loss(model, x, y)
     opt = DHSPG(params, zig, DHSPGOptions(variant="adam", lr=1e-2, warmup_steps=50, period=100,
-                                          epsilon=0.5))
+                                          epsilon=0.5, **OLD_RULES))
     assert opt.options.lam == 1e-2 and opt.options.lam_hat == 1e3
     goal = opt.options.target_group_sparsity - 1 / zig.num_groups
     step, zero = 0, zig.zero_zigs()

@@ -1,0 +1,213 @@
+"""DHSPG's default rules are OTOv2's code (tianyic/only_train_once 343341c, optimizer/dhspg.py):
+the lambda rule, the (target + tolerance) redundant set chosen once, the release at the target,
+the selection score, one group kept per component; and the --compile auto decision."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from models.zoo import build
+from onnxoto.partition import partition
+from trainers.dhspg import (
+    COMPILE_MIN_PARAMS,
+    DHSPG,
+    DHSPGOptions,
+    compile_decision,
+    otov2_score,
+    redundant_lambdas,
+    select_redundant,
+)
+from trainers.zig import build_zig_index
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mlp_groups(zoo_cache):
+    return partition(str(zoo_cache("mlpnet"))).groups
+
+
+def _setup(groups, seed: int = 0):
+    """mlpnet (groups of 40 and 20 ZIGs) on a synthetic 10-class task."""
+    model = build("mlpnet", 0).train()
+    params = dict(model.named_parameters())
+    zig = build_zig_index(groups, params)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, 1, 28, 28, generator=gen)
+    y = (x.flatten(1)[:, :10] @ torch.randn(10, 10, generator=gen)).argmax(1)
+    return model, params, zig, x, y
+
+
+def _train(model, opt, x, y, steps: int, start: int = 0) -> None:
+    for step in range(start, start + steps):
+        batch = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        opt.step()
+
+
+# --------------------------------------------------------------------------- lambda rule
+
+
+def test_lambda_rule_hand_computed():
+    """sgd settings lam 1e-3, amplify 2, hat 10 (clip range [1e-3, 1e-2]); L = -<x,d>/||x||,
+    U = ||d||^2 ||x|| / -<x,d>, candidate = clip(2 L)."""
+    cases = [  # (||x||^2, <x,d>, ||d||^2) -> OTOv2 lam_g, bracket lam_g
+        ((1.0, 0.3, 1.0), 1e-3, 1e-3),                # <x,d> >= 0: base lam
+        ((1.0, -0.004, 1.0), 0.008, 0.008),           # L 0.004 < 0.008 < U 250: the candidate
+        ((1.0, -0.01, 1.0), 0.01, (0.01 + 100) / 2),  # candidate 0.01 <= L 0.01: kept (OTOv2)
+        ((1.0, -0.5, 1.0), 0.01, (0.5 + 2) / 2),      # candidate 0.01 < L 0.5: kept (OTOv2)
+        ((4.0, -0.004, 1e-6), (0.002 + 5e-4) / 2, (0.002 + 5e-4) / 2),  # 0.004 >= U 5e-4
+    ]
+    stats = zip(*(c[0] for c in cases), strict=True)
+    xx, xd, dd = (torch.tensor(col, dtype=torch.float64) for col in stats)
+    official = redundant_lambdas(xx, xd, dd, lam=1e-3, amplify=2.0, hat=10.0)
+    bracket = redundant_lambdas(xx, xd, dd, lam=1e-3, amplify=2.0, hat=10.0, bracket=True)
+    torch.testing.assert_close(official, torch.tensor([c[1] for c in cases], dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(bracket, torch.tensor([c[2] for c in cases], dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+
+
+def test_lambda_rule_keeps_descent():
+    """Whatever OTOv2's rule picks, the redundant step stays a descent direction."""
+    gen = torch.Generator().manual_seed(1)
+    x, d = torch.randn(2000, 6, generator=gen, dtype=torch.float64), torch.randn(
+        2000, 6, generator=gen, dtype=torch.float64)
+    d *= torch.logspace(-3, 2, 2000, dtype=torch.float64)[:, None]
+    xx, xd, dd = (x * x).sum(1), (x * d).sum(1), (d * d).sum(1)
+    lam_g = redundant_lambdas(xx, xd, dd, lam=1e-2, amplify=20.0, hat=1e3)
+    step = d + lam_g[:, None] * x / xx.sqrt()[:, None]
+    assert ((step * d).sum(1) > 0).all()
+
+
+# --------------------------------------------------------------------------- score, selection
+
+
+def test_score_matches_numpy():
+    rng = np.random.default_rng(0)
+    x, g = rng.normal(size=(30, 12)), rng.normal(size=(30, 12))
+    x[:10] *= 0.01
+    cos = (x * g).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(g, axis=1))
+    small = 1 / (np.linalg.norm(x, axis=1) / 12 + 1e-6)
+    expected = 0.5 * cos / np.linalg.norm(cos) + 0.5 * small / np.linalg.norm(small)
+    stats = [torch.from_numpy(v) for v in ((x * x).sum(1), (x * g).sum(1), (g * g).sum(1))]
+    got = otov2_score(*stats, torch.full((30,), 12.0, dtype=torch.float64))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    chosen = select_redundant(got, 8, [30])
+    assert set(np.flatnonzero(chosen.numpy())) == set(np.argsort(-expected)[:8])
+
+
+def test_at_least_one_group_kept_per_component():
+    """Components are the prunable groups (ZIG ids run group by group): one chosen whole keeps
+    its least redundant ZIG; a one-channel group is never redundant."""
+    redundancy = torch.tensor([9.0, 8.0, 7.0, 1.0, 2.0, 6.5, 5.0])  # groups of 3, 3, 1
+    chosen = select_redundant(redundancy, 5, [3, 3, 1])
+    assert chosen.tolist() == [True, True, False, False, False, True, False]
+    chosen = select_redundant(redundancy, 7, [3, 3, 1])
+    assert chosen.tolist() == [True, True, False, False, True, True, False]
+
+
+def test_redundant_set_is_target_plus_tolerance_chosen_once(mlp_groups, monkeypatch):
+    model, params, zig, x, y = _setup(mlp_groups)
+    opt = DHSPG(params, zig, DHSPGOptions(lr=0.05, warmup_steps=5, target_group_sparsity=0.5))
+    calls = []
+    select = opt._select
+    monkeypatch.setattr(opt, "_select", lambda *a: calls.append(1) or select(*a))
+    _train(model, opt, x, y, 6)
+    chosen = opt._redundant.clone()
+    assert int(chosen.sum()) == int(60 * 0.55) and chosen[:40].any() and chosen[40:].any()
+    _train(model, opt, x, y, 200, start=6)
+    assert calls == [1] and torch.equal(opt._redundant, chosen)
+    assert DHSPGOptions(target_group_sparsity=0.98).redundant_share == 0.999
+
+
+# --------------------------------------------------------------------------- release
+
+
+def test_release_at_target_then_plain_steps_with_zero_groups_held(mlp_groups):
+    """Push and projection stop once the target is reached: zeros only in the redundant set,
+    between the target and target + tolerance; the next step is plain SGD except the zero ZIGs,
+    which stay exactly 0; resuming after the release gives the same weights."""
+    model, params, zig, x, y = _setup(mlp_groups)
+    options = DHSPGOptions(lr=0.1, warmup_steps=20, epsilon=0.5, lam=0.1)  # a fast push
+    opt = DHSPG(params, zig, options)
+    step = 0
+    while not opt.diagnostics()["released"] and step < 600:
+        _train(model, opt, x, y, 10, start=step)
+        step += 10
+    assert opt.diagnostics()["released"], f"target not reached in {step} steps"
+    zero = zig.zero_zigs()
+    assert 30 <= int(zero.sum()) <= 33 and not (zero & ~opt._redundant).any()
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+    before = {n: p.detach().clone() for n, p in params.items()}
+    _train(model, opt, x, y, 1, start=step)
+    expected = {n: before[n].add(params[n].grad, alpha=-0.1) for n in params}
+    zig.zero_(expected, zero)
+    for name, p in params.items():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=0, msg=name)
+    _train(model, opt, x, y, 30, start=step + 1)
+    assert torch.equal(zig.zero_zigs(), zero), "zero ZIGs stay zero, no new ones"
+    after = {n: p.detach().clone() for n, p in params.items()}
+
+    model2, params2, zig2, _, _ = _setup(mlp_groups)
+    model2.load_state_dict(saved_model)
+    opt2 = DHSPG(params2, zig2, options)
+    opt2.load_state_dict(saved_opt)
+    assert opt2.diagnostics()["released"]
+    _train(model2, opt2, x, y, 31, start=step)
+    assert all(torch.equal(after[n], params2[n].detach()) for n in after)
+
+
+def test_without_release_all_redundant_groups_go_to_zero(mlp_groups):
+    model, params, zig, x, y = _setup(mlp_groups)
+    opt = DHSPG(params, zig, DHSPGOptions(lr=0.1, warmup_steps=20, epsilon=0.5, lam=0.1,
+                                          release=False))
+    _train(model, opt, x, y, 400)
+    assert torch.equal(zig.zero_zigs(), opt._redundant) and int(opt._redundant.sum()) == 33
+
+
+# --------------------------------------------------------------------------- Adam start
+
+
+def test_adam_start_at_grad_is_a_smaller_first_step():
+    """OTOv2 starts Adam's moments at g and g^2, then bias-corrects: the first direction is
+    (g / 0.1) / sqrt(g^2 / 0.001) ~ 0.316 sign(g) instead of torch's sign(g)."""
+    directions = {}
+    for start in (False, True):
+        param = torch.nn.Parameter(torch.tensor([2.0, -0.5, 1e-3]))
+        zig = build_zig_index([], {"p": param})
+        opt = DHSPG({"p": param}, zig, DHSPGOptions(variant="adam", lr=1.0,
+                                                    adam_start_at_grad=start))
+        param.grad = torch.tensor([2.0, -0.5, 1e-3])
+        opt.step()
+        directions[start] = torch.tensor([2.0, -0.5, 1e-3]) - param.detach()
+    g = torch.tensor([2.0, -0.5, 1e-3])
+    torch.testing.assert_close(directions[False], g / (g.abs() + 1e-8))
+    torch.testing.assert_close(directions[True], (g / 0.1) / ((g * g / 1e-3).sqrt() + 1e-8))
+
+
+# --------------------------------------------------------------------------- compile auto
+
+
+def test_compile_decision():
+    big, small = COMPILE_MIN_PARAMS, COMPILE_MIN_PARAMS - 1
+    assert compile_decision(big, compiler="/usr/bin/g++") == (
+        True, f"compile on (auto): {big:,} parameters, C++ compiler /usr/bin/g++")
+    on, reason = compile_decision(small, compiler="/usr/bin/g++")
+    assert not on and "below 1,000,000" in reason
+    on, reason = compile_decision(big, compiler="")
+    assert not on and "no C++ compiler" in reason
+    assert compile_decision(small, requested=True, compiler="")[0] is True
+    assert compile_decision(big, requested=False, compiler="/usr/bin/g++")[0] is False
