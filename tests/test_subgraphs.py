@@ -100,6 +100,7 @@ def test_reads_two_levels_down_are_seen():
     result = partition(model)
     c1 = group_with(result, "c1.weight", "producer")
     assert not c1.prunable and "Loop node 'loop' reads 'r1_out'" in c1.reason
+    assert_invariant(model, result)
     outcome = shrink(model, {g.id: removal_mask(g, 1) for g in result.prunable}, result=result)
     assert outcome.passed, outcome.comparison.summary()
     _loads_in_onnxruntime(outcome.model)
