@@ -74,7 +74,10 @@ def _conv_bn(
 
 
 class DemoNet(nn.Module):
-    """OTOv2's DemoNet: one conv feeding two BNs, a three-way sum, a concat, two stacked Gemms.
+    """OTOv2's DemoNet (tutorials/backends/demonet.py at 343341c) on 3 x 32 x 32 input: one conv
+    feeding two BNs, a three-way sum, a concat, two stacked Gemms. Its only nonlinearity is the
+    ReLU after bn1 (as theirs: bn4, conv5, the pool and both Gemms are one linear map), which
+    is why pruning after it costs little. Our layer names drop their underscores (bn_1 -> bn1).
 
     ``widths`` = output channels of conv1, conv2/conv3 (they are summed), conv5 and gemm1; the
     paper's are the default. Other widths build a given slim architecture to train from scratch.
@@ -83,7 +86,7 @@ class DemoNet(nn.Module):
     def __init__(self, widths: tuple[int, int, int, int] = (64, 128, 256, 128)) -> None:
         super().__init__()
         c1, c2, c5, g1 = widths
-        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv1 = nn.Conv2d(3, c1, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(c1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(c2)
@@ -98,7 +101,7 @@ class DemoNet(nn.Module):
         x1 = F.relu(self.bn1(self.conv1(x)))
         y = self.conv2(x1)
         s = self.bn2(y) + self.bn3(y) + self.conv3(x1)
-        x = F.relu(self.bn4(torch.cat([x1, s], dim=1)))
+        x = self.bn4(torch.cat([x1, s], dim=1))
         x = F.adaptive_avg_pool2d(self.conv5(x), 1)
         return self.gemm2(self.gemm1(torch.flatten(x, 1)))
 
@@ -745,7 +748,7 @@ def _entry(name: str, factory: Callable[[], nn.Module], shape: tuple[int, ...], 
 
 
 _ENTRIES = [
-    _entry("demonet", DemoNet, (1, 1, 28, 28)),
+    _entry("demonet", DemoNet, (1, 3, 32, 32)),
     _entry("mlpnet", _mlpnet, (1, 1, 28, 28)),
     _entry("vgg_bn", VGGBN, (1, 3, 32, 32)),
     _entry("resnet_basic", lambda: ResNet(BasicBlock, (2, 2), (8, 16), 8, 10), (1, 3, 32, 32)),

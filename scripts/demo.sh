@@ -7,7 +7,7 @@ BIN=$(dirname "$PY")
 mkdir -p "$OUT"
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/7 export DemoNet (OTOv2, 1x28x28) to ONNX"
+step "1/7 export DemoNet (OTOv2, 3x32x32) to ONNX"
 "$PY" -m models.export --only demonet --exporter legacy --out "$OUT"
 
 step "2/7 partition into zero-invariant groups"

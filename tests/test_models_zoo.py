@@ -120,7 +120,7 @@ def test_norm_params_are_randomized(name: str, zoo_pair):
 def test_demonet_layout(zoo_pair):
     model, _ = zoo_pair("demonet")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert shapes["conv1.weight"] == (64, 1, 3, 3)
+    assert shapes["conv1.weight"] == (64, 3, 3, 3)
     assert shapes["conv2.weight"] == shapes["conv3.weight"] == (128, 64, 3, 3)
     assert shapes["bn4.weight"] == (192,)
     assert shapes["conv5.weight"] == (256, 192, 3, 3)
