@@ -1,6 +1,8 @@
 """The `onnxoto` command: thin click commands over the Python API.
 
-Exit codes: 0 ok, 1 validation mismatch, 2 bad input or usage (one line on stderr).
+Exit codes: 0 ok, 1 validation mismatch, 2 bad input or usage (one line on stderr). The
+trainers' commands (``onnxoto train ...`` = ``python -m trainers ...``) use the same wrapper and
+codes; they are imported only when used, so the other commands never load torch.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from onnxoto.errors import OnnxotoError, one_line
+from onnxoto.errors import MismatchError, OnnxotoError, one_line
 
 EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
@@ -43,10 +45,16 @@ rtol_option = click.option("--rtol", type=click.FloatRange(min=0), default=None,
                            help="Relative tolerance (default: per output dtype, float32 1e-4).")
 atol_option = click.option("--atol", type=click.FloatRange(min=0), default=None,
                            help="Absolute tolerance (default: per output dtype, float32 1e-5).")
+samples_option = click.option("--samples", type=click.IntRange(min=1), default=3,
+                              show_default=True, help="Random inputs the models are compared on.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed of the random inputs (same seed, same inputs).")
 
 
 def friendly_errors(command):
-    """Turn OnnxotoError into one stderr line and exit 2; ``--debug`` shows the traceback."""
+    """Turn OnnxotoError into one stderr line that starts with the command's path, and exit 2
+    (1 for a MismatchError); ``--debug`` on the command or a group above it shows the traceback.
+    Both CLIs wrap their commands in this, so their errors read and exit alike."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -54,12 +62,18 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except OnnxotoError as exc:
-            if ctx.find_root().params.get("debug"):
+            if any(c.params.get("debug") for c in _context_chain(ctx)):
                 raise
-            click.echo(f"onnxoto {ctx.info_name}: error: {one_line(exc)}", err=True)
-            ctx.exit(EXIT_BAD_INPUT)
+            click.echo(f"{ctx.command_path}: error: {one_line(exc)}", err=True)
+            ctx.exit(EXIT_MISMATCH if isinstance(exc, MismatchError) else EXIT_BAD_INPUT)
 
     return wrapper
+
+
+def _context_chain(ctx: click.Context | None):
+    while ctx is not None:
+        yield ctx
+        ctx = ctx.parent
 
 
 class OneLineErrors(click.Group):
@@ -71,6 +85,9 @@ class OneLineErrors(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a bare group shows its help
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "onnxoto"
             click.echo(f"{where}: error: {one_line(exc.format_message())} (see --help)",
@@ -85,7 +102,8 @@ class OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("onnxoto", cls=OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="onnxoto")
 def main(debug: bool) -> None:
@@ -181,8 +199,8 @@ def mask_command(model: Path, ratio: float, criterion: str, output: Path, as_jso
               help="Keep channel counts at multiples of N (8 suits tensor cores); the masks "
                    "applied are written to OUTPUT.masks.npz.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime equivalence check.")
-@click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@samples_option
+@seed_option
 @rtol_option
 @atol_option
 @dynamic_dim_option
@@ -259,8 +277,8 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
 @click.argument("slim", type=click.Path(path_type=Path))
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path),
               help="Zero these groups in FULL to make the reference.")
-@click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@samples_option
+@seed_option
 @rtol_option
 @atol_option
 @dynamic_dim_option
@@ -329,6 +347,38 @@ def report_command(model: Path, slim: Path | None, latency: bool, runs: int, war
         _echo_json(data)
     else:
         click.echo(render_compare(data))
+
+
+class LazyTrainers(click.Group):
+    """``onnxoto train METHOD``: the commands of ``trainers.cli``, imported on first use. Torch
+    comes only with the ``train`` extra; without it this says what to install in one line."""
+
+    def _trainers(self, ctx: click.Context) -> click.Group:
+        try:
+            from trainers.cli import main as trainers
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").partition(".")[0]
+            if missing in ("", "onnxoto", "trainers"):
+                raise
+            click.echo(f"{ctx.command_path}: error: training needs {missing}, which is not "
+                       f"installed; pip install 'onnxoto[train]'", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        return trainers
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._trainers(ctx).list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._trainers(ctx).get_command(ctx, name)
+
+
+main.add_command(LazyTrainers("train", help="""Train a model while pruning it, then shrink it (the
+    commands of python -m trainers; they need torch: pip install 'onnxoto[train]').
+
+    \b
+    Example:
+      onnxoto train dhspg model.onnx --data mnist --target 0.5 -o out/model
+    """))
 
 
 def _check_output(reads: list[Path], output: Path, *, also: list[Path] = ()) -> None:

@@ -5,6 +5,11 @@ class OnnxotoError(Exception):
     """Bad input or usage: the message is one line that names the file/node and what to do."""
 
 
+class MismatchError(OnnxotoError):
+    """A model does not compute what it should (slim vs. reference beyond tolerance): not bad
+    input but a failed check, so the CLIs exit 1 instead of 2."""
+
+
 def one_line(exc: BaseException | str) -> str:
     """A library's message on one line: its lines joined, not cut at the first break (onnx's
     checker and onnxruntime put the useful part after it)."""

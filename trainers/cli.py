@@ -1,0 +1,143 @@
+"""The trainers' commands: ``onnxoto train METHOD MODEL.onnx ...`` and ``python -m trainers
+METHOD ...`` run this group.
+
+Errors and exit codes are onnxoto's (``onnxoto.cli.friendly_errors``): 0 ok, 1 the slim model does
+not match the trained one, 2 bad input or usage (one line on stderr; ``--debug`` shows the
+traceback). Under ``torchrun`` every rank runs the same command and only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxoto.cli import OneLineErrors, friendly_errors
+from onnxoto.metrics import Percent, render_table
+from trainers.train import (
+    DEFAULT_LR,
+    DEVICES,
+    FILES,
+    LR_SCHEDULES,
+    TrainOptions,
+    run_dhspg,
+    summary_rows,
+)
+
+DEFAULTS = TrainOptions()
+DEFAULT_LR_TEXT = ", ".join(f"{variant} {lr:g}" for variant, lr in DEFAULT_LR.items())
+
+
+def run_options(command: Callable) -> Callable:
+    """Options every training method shares: data, schedule, limits, device, output, resume."""
+    decorators = [
+        click.argument("model", type=click.Path(path_type=Path)),
+        click.option("--data", default=DEFAULTS.data, show_default=True,
+                     help="fashion-mnist, mnist, or a folder with train.npz and test.npz "
+                          "(arrays x and y)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs,
+                     show_default=True, help="Passes over the training data."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+                     show_default=True, help="Per process."),
+        click.option("--lr", type=float, default=None,
+                     help=f"Learning rate [default: {DEFAULT_LR_TEXT}]."),
+        click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
+                     default=DEFAULTS.lr_schedule, show_default=True,
+                     help="cosine: decay the rate to 0 over all steps."),
+        click.option("--limit-train", type=click.IntRange(min=1), default=None,
+                     help="Use the first N training samples."),
+        click.option("--limit-test", type=click.IntRange(min=1), default=None,
+                     help="Use the first N test samples."),
+        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
+                     help="Seed of torch, the shuffling, DHSPG's choices and the validation "
+                          "inputs: same seed and options, same run."),
+        click.option("--device", type=click.Choice(DEVICES), default=DEFAULTS.device,
+                     show_default=True, help="auto: CUDA if torch sees a GPU, else CPU."),
+        click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+                     required=True, help="Output folder."),
+        click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace the run already in OUT (refused without --resume or this)."),
+        click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines."),
+        click.option("--json", "as_json", is_flag=True, help="Print metrics.json, not a table."),
+        click.option("--debug", is_flag=True, help="Show full tracebacks on errors."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def print_result(metrics: dict[str, Any], as_json: bool, out: Path) -> None:
+    """The closing table (or the metrics as JSON), from rank 0's metrics."""
+    if not metrics:
+        return
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    rows = [[*row[:3], None if row[3] is None else Percent(row[3])]
+            for row in summary_rows(metrics)]
+    click.echo(render_table(rows, headers=("metric", "full", "slim", "slim/full")))
+    reached = "" if metrics["target_reached"] else ", not reached"
+    click.echo(f"group sparsity {metrics['group_sparsity']:.1%} "
+               f"(target {metrics['target_group_sparsity']:.1%}{reached}); wrote "
+               + ", ".join(str(out / FILES[key]) for key in ("trained", "masks", "slim",
+                                                              "metrics")))
+
+
+@click.group("trainers", cls=OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train an ONNX model while pruning it; writes trained.onnx, masks.npz and slim.onnx."""
+
+
+@main.command("dhspg")
+@run_options
+@click.option("--target", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.target,
+              show_default=True, help="Share of prunable channels (ZIGs) to drive to zero.")
+@click.option("--variant", type=click.Choice(list(DEFAULT_LR)), default=DEFAULTS.variant,
+              show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
+              default=DEFAULTS.momentum, show_default=True, help="Heavy-ball momentum (sgd).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay,
+              show_default=True, help="L2 penalty added to the gradient.")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=DEFAULTS.warmup_epochs,
+              show_default=True, help="Plain steps before any group is pushed to zero.")
+@click.option("--period-steps", type=click.IntRange(min=1), default=DEFAULTS.period_steps,
+              show_default=True, help="Steps between choosing redundant groups.")
+@click.option("--reselect", is_flag=True,
+              help="Let each choice release groups that are still shrinking (OTOv2's "
+                   "re-partition); by default only stalled ones compete again, since a released "
+                   "group keeps its half-shrunk weights.")
+@click.option("--epsilon", type=click.FloatRange(0, 0.95), default=DEFAULTS.epsilon,
+              show_default=True, help="Half-space threshold: higher zeroes groups sooner.")
+@click.option("--lam", type=click.FloatRange(min=0), default=None,
+              help="Smallest push toward zero on a redundant group [default: sgd 1e-3, "
+                   "adam 1e-2].")
+@click.option("--lam-amplify", type=click.FloatRange(min=1), default=None,
+              help="Push = this x the least push that shrinks the group, clipped to "
+                   "[lam, lam x lam-hat]; near 1 zeroes groups slowly [default: sgd 2, adam 20].")
+@click.option("--lam-hat", type=click.FloatRange(min=1), default=None,
+              help="Ceiling of the push, in units of lam; a ceiling below the least push that "
+                   "shrinks the group is not used: the step then takes the midpoint of the "
+                   "range that shrinks and still descends [default: sgd 10, adam 1000].")
+@click.option("--compile", "compile_stats", is_flag=True,
+              help="torch.compile DHSPG's per-step sums: faster steps on large models, after a "
+                   "compile of ~25 s (needs a C++ compiler on CPU).")
+@friendly_errors
+def dhspg_command(model: Path, out: Path, as_json: bool, debug: bool, **settings: Any) -> None:
+    """Train MODEL with DHSPG (OTOv2) towards --target group sparsity, then shrink it.
+
+    \b
+    Example:
+      onnxoto train dhspg mlp.onnx --data mnist --target 0.5 --epochs 3 -o out/mlp
+      python -m trainers dhspg mlp.onnx --data mnist --target 0.5 --epochs 3 -o out/mlp
+      torchrun --nproc_per_node 2 -m trainers dhspg mlp.onnx --data mnist -o out/mlp
+    """
+    options = TrainOptions(out=out, **settings)
+    log = functools.partial(click.echo, err=as_json)
+    print_result(run_dhspg(model, options, log=log), as_json, out)
+
