@@ -479,12 +479,13 @@ class Attention(nn.Module):
     """Multi-head self-attention with explicit q, k, v, out Linears (one head = one group).
 
     Reshape targets are Python ints (batch -1) so the exported Reshape shapes are constants,
-    not Shape -> Gather subgraphs.
+    not Shape -> Gather subgraphs. ``sdpa`` computes the products with torch's
+    scaled_dot_product_attention (as HF models do) instead of spelling them out.
     """
 
-    def __init__(self, dim: int, heads: int, tokens: int) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, *, sdpa: bool = False) -> None:
         super().__init__()
-        self.heads, self.head_dim, self.tokens = heads, dim // heads, tokens
+        self.heads, self.head_dim, self.tokens, self.sdpa = heads, dim // heads, tokens, sdpa
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -496,9 +497,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
-        scores = (q @ k.transpose(-2, -1)) * self.scale
-        attn = torch.softmax(scores if mask is None else scores + mask, dim=-1)
-        y = (attn @ v).transpose(1, 2).reshape(-1, self.tokens, self.heads * self.head_dim)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * self.scale
+            y = torch.softmax(scores if mask is None else scores + mask, dim=-1) @ v
+        y = y.transpose(1, 2).reshape(-1, self.tokens, self.heads * self.head_dim)
         return self.out(y)
 
 
@@ -687,7 +691,7 @@ class BertLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, tokens: int, hidden: int) -> None:
         super().__init__()
-        self.attn = Attention(dim, heads, tokens)
+        self.attn = Attention(dim, heads, tokens, sdpa=True)
         self.norm1 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
@@ -700,7 +704,8 @@ class BertLayer(nn.Module):
 
 class TinyBert(nn.Module):
     """BERT-style encoder: token + position embeddings (Gather), an additive padding mask
-    over the scores, post-LN layers, a pooler (Linear + Tanh on the first token), a classifier.
+    over the scores, post-LN layers with scaled_dot_product_attention, a pooler (Linear + Tanh
+    on the first token), a classifier.
 
     The zoo feeds one float tensor, so the token ids come from it in the graph: the number of
     ``boundaries`` each value exceeds (id 0 is padding, and masked out of attention). The mask
