@@ -48,7 +48,6 @@ from onnxoto.files import (
     save_targets,
     write_bytes_atomic,
 )
-from onnxoto.graph import load_model
 from onnxoto.groups import save_masks
 from onnxoto.masking import zero_channels
 from onnxoto.metrics import measure
@@ -366,8 +365,8 @@ def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split, t
 
 
 def _prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device) -> Run:
-    model = load_model(model_path)
     parts = partition(model_path)
+    model = parts.model  # the canonical graph: the groups name its initializers
     if not parts.prunable:
         reasons = parts.summary.get("top_reasons") or [{"reason": "none given"}]
         raise OnnxotoError(f"'{model_path}': no prunable group, nothing for DHSPG to remove "
