@@ -149,3 +149,56 @@ def test_product_over_the_channel_axis_stops_the_channels():
 ])
 def test_reshape_split(in_shape, out_shape, axis, expected):
     assert reshape_split(in_shape, out_shape, axis) == expected
+
+
+def _fused_op_encoder(*, kv_heads: int = HEADS) -> onnx.ModelProto:
+    """ONNX's own Attention op (opset 23) on 3-D q, k, v with head counts as attributes."""
+    g = GraphBuilder(seed=5, opset=23)
+    x = g.input("x", [1, TOKENS, DIM])
+    kv_dim = kv_heads * HEAD_DIM
+    q = g.op("Add", [g.matmul(x, DIM, name="q"), g.weight("q.bias", [DIM])])
+    k = g.op("Add", [g.matmul(x, kv_dim, name="k"), g.weight("k.bias", [kv_dim])])
+    v = g.op("Add", [g.matmul(x, kv_dim, name="v"), g.weight("v.bias", [kv_dim])])
+    y = g.op("Attention", [q, k, v], name="attn", q_num_heads=HEADS, kv_num_heads=kv_heads)
+    g.declare(y, [1, TOKENS, DIM])
+    y = g.op("Relu", [g.matmul(y, DIM, name="out")])
+    return g.build(outputs=[g.matmul(y, 3, name="head")])
+
+
+def test_attention_op_heads_are_a_group_and_head_counts_are_rewritten():
+    model = _fused_op_encoder()
+    result = partition(model)
+    heads = group_with(result, "v.weight")
+    assert heads.prunable and heads.size == HEADS
+    assert heads is group_with(result, "q.bias") is group_with(result, "out.weight", "consumer")
+    assert member(heads, "out.weight").index_map.block == HEAD_DIM
+    assert_invariant(model, result)
+    outcome = shrink(model, {heads.id: np.array([False, True])}, result=result)
+    assert outcome.passed, outcome.comparison.summary()
+    node = next(n for n in outcome.model.graph.node if n.name == "attn")
+    counts = {a.name: a.i for a in node.attribute}
+    assert counts == {"q_num_heads": 1, "kv_num_heads": 1}
+
+
+def test_grouped_query_attention_op_is_a_barrier():
+    model = _fused_op_encoder(kv_heads=1)
+    result = partition(model)
+    assert "Attention node 'attn' is grouped-query attention" in \
+        group_with(result, "v.weight").reason
+
+
+def test_attention_op_on_4d_heads_follows_the_head_axis():
+    """4-D Q, K, V (batch, heads, tokens, head_size): heads are axis 1, no attribute to fix."""
+    g = GraphBuilder(seed=6, opset=23)
+    x = g.input("x", [1, TOKENS, DIM])
+    q, k, v = (_heads(g, g.matmul(x, DIM, name=n), n) for n in ("q", "k", "v"))
+    y = g.op("Attention", [q, k, v], name="attn")
+    g.declare(y, [1, HEADS, TOKENS, HEAD_DIM])
+    y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
+    y = g.op("Reshape", [y, _ints(g, "merge_shape", [-1, TOKENS, DIM])])
+    y = g.op("Relu", [g.matmul(y, DIM, name="out")])
+    model = g.build(outputs=[g.matmul(y, 3, name="head")])
+    result = partition(model)
+    heads = group_with(result, "k.weight")
+    assert heads.prunable and heads.size == HEADS
+    assert_invariant(model, result)

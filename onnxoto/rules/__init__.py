@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from onnxoto.rules.attention import AttentionRule
 from onnxoto.rules.base import Rule
 from onnxoto.rules.elementwise import (
     ClipRule,
@@ -37,7 +38,7 @@ from onnxoto.rules.norms import (
 from onnxoto.rules.stems import ConvRule, ConvTransposeRule, GemmRule, MatMulRule
 
 RULES: tuple[Rule, ...] = (
-    ConvRule(), ConvTransposeRule(), GemmRule(), MatMulRule(),
+    ConvRule(), ConvTransposeRule(), GemmRule(), MatMulRule(), AttentionRule(),
     ZeroPreservingRule(), NonZeroAtZeroRule(), ClipRule(), PReluRule(), PoolRule(), JoinRule(),
     PerChannelNormRule(), ChannelMixingNormRule(), GroupNormRule(), SoftmaxRule(), ReduceRule(),
     FlattenRule(), ReshapeRule(), TransposeRule(), SqueezeRule(), ConcatRule(), SplitRule(),
