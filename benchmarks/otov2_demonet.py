@@ -67,7 +67,7 @@ def _options(args: argparse.Namespace, target: float, out: Path, *, finetune: bo
     schedule = (dict(epochs=args.finetune_epochs, lr=args.finetune_lr, warmup_epochs=0)
                 if finetune else dict(epochs=args.epochs, lr=args.lr,
                                       warmup_epochs=args.warmup_epochs))
-    return TrainOptions(data="fashion-mnist", target=target, batch_size=args.batch_size,
+    return TrainOptions(data="fashion-mnist-32", target=target, batch_size=args.batch_size,
                         lr_schedule=args.lr_schedule, variant=args.variant,
                         period_steps=args.period_steps, reselect=args.reselect,
                         epsilon=args.epsilon, lam=args.lam,
@@ -129,7 +129,7 @@ def _from_scratch(widths: tuple[int, ...], args: argparse.Namespace,
     model = out.parent / f"{out.name}.onnx"
     if not ((args.reuse or args.resume) and model.is_file() and _slim_widths(model) == widths):
         torch.manual_seed(args.seed)
-        export_onnx(DemoNet(widths), (1, 1, 28, 28), model)
+        export_onnx(DemoNet(widths), (1, 3, 32, 32), model)
     return _train(model, args, 0.0, out)
 
 
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         model = root / "demonet.onnx"
         if not ((args.reuse or args.resume) and model.is_file()):
-            export_onnx(build("demonet", seed=args.seed), (1, 1, 28, 28), model)
+            export_onnx(build("demonet", seed=args.seed), (1, 3, 32, 32), model)
         runs = {"baseline": _train(model, args, 0.0, root / "baseline")}
         for target in args.targets:
             runs[f"dhspg {target:g}"] = _train(model, args, target, root / f"target_{target:g}")

