@@ -1,0 +1,102 @@
+"""The training loop: cross-entropy steps with DHSPG at a learning rate that is a pure function of
+the step, losses summed over every rank, test accuracy and DHSPG's diagnostics per epoch."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from onnxoto.errors import OnnxotoError
+from trainers.train.options import Log
+from trainers.train.prepare import Run
+
+
+def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of global ``step`` (0-based) out of ``total_steps``.
+
+    A pure function of the step, not a scheduler object with state: a resumed run recomputes
+    the same rate, and DHSPG reads it from the param group each step (its push scales with it).
+    """
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _train_epoch(run: Run, epoch: int, show_bar: bool) -> dict[str, float]:
+    """One pass over this rank's shard; loss and accuracy summed over every rank."""
+    run.train_loader.sampler.set_epoch(epoch)
+    run.net.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=run.device)
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.options.epochs}", leave=False,
+               disable=not show_bar, file=sys.stderr)
+    options, per_epoch = run.options, len(run.train_loader)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        run.optimizer.param_groups[0]["lr"] = scheduled_lr(
+            options.lr, options.lr_schedule, epoch * per_epoch + step, options.epochs * per_epoch)
+        run.optimizer.zero_grad(set_to_none=True)
+        logits = run.net(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        run.optimizer.step()
+        with torch.no_grad():
+            totals += torch.stack([loss.detach().double() * len(y),
+                                   (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(len(y)), device=run.device)])
+        if show_bar and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    if run.world.distributed:
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    if not math.isfinite(loss_sum):
+        raise OnnxotoError(f"training diverged: the loss is {loss_sum} in epoch {epoch + 1} "
+                           f"(lr {options.lr:g}); lower --lr or check the data's scale (no "
+                           f"file written for this epoch)")
+    return {"loss": loss_sum / count, "train_accuracy": correct / count}
+
+
+@torch.no_grad()
+def _torch_accuracy(run: Run) -> float:
+    """Test accuracy of the torch module (eval mode), on this process alone."""
+    run.module.eval()
+    correct = 0
+    for x, y in run.test_loader:
+        logits = run.module(x.to(run.device))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+    return correct / len(run.test.y)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.2%}  test acc {record['test_accuracy']:.2%}  "
+            f"group sparsity {record['group_sparsity']:.1%}  "
+            f"redundant {record['redundant_count']}/{record['num_zigs']}  "
+            f"redundant norm {record['redundant_mean_norm']:.4g}"
+            + ("  (warm-up)" if record["in_warmup"] else ""))
+
+
+def train(run: Run, log: Log, checkpoint: Callable[[Run, int], None]) -> None:
+    """Epochs from ``run.start_epoch``; rank 0 records each, logs it and calls ``checkpoint(run,
+    epochs done)``."""
+    options, main = run.options, run.world.main
+    show_bar = main and not options.quiet and sys.stderr.isatty()
+    for epoch in range(run.start_epoch, options.epochs):
+        started = time.perf_counter()
+        stats = _train_epoch(run, epoch, show_bar)
+        run.train_seconds += time.perf_counter() - started
+        if not main:
+            continue
+        record = {"epoch": epoch + 1, **stats, "test_accuracy": _torch_accuracy(run),
+                  **run.optimizer.diagnostics(), "train_seconds": run.train_seconds}
+        run.history.append(record)
+        if not options.quiet:
+            log(_epoch_line(record, options.epochs))
+        checkpoint(run, epoch + 1)

@@ -1,0 +1,164 @@
+"""The end of a run: trained.onnx, masks.npz, slim.onnx (validated) and metrics.json, with
+accuracies measured in onnxruntime; the closing table's rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from onnxoto.errors import MismatchError, OnnxotoError
+from onnxoto.files import save_model, write_bytes_atomic
+from onnxoto.groups import save_masks
+from onnxoto.masking import zero_channels
+from onnxoto.metrics import measure
+from onnxoto.runtime import session
+from onnxoto.shrink import ShrinkOptions, shrink
+from trainers.binding import write_back
+from trainers.train.options import EVAL_BATCH, FILES, FORMAT, Log
+from trainers.train.prepare import Run
+
+
+class ValidationMismatch(MismatchError):
+    """The slim model does not compute what the trained model computes (CLI exit code 1)."""
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy whose graph inputs and outputs take any batch, so onnxruntime can run big batches;
+    ``prepare`` already ran the graph with a batch of 2."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    stored = {t.name for t in out.graph.initializer}
+    for value in (*out.graph.input, *out.graph.output):
+        if value.name in stored:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+    del out.graph.value_info[:]
+    return out
+
+
+def onnx_predictions(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Class predictions (argmax of the single output) of ``model`` in onnxruntime (CPU)."""
+    runner = session(_dynamic_batch(model))
+    name = runner.get_inputs()[0].name
+    chunks = [runner.run(None, {name: x[i:i + EVAL_BATCH]})[0].argmax(axis=1)
+              for i in range(0, len(x), EVAL_BATCH)]
+    return np.concatenate(chunks)
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Which test samples a model got right, one bit each, as hex: with the same test subset,
+    two runs' records give the paired error of their accuracy difference (a benchmark's
+    drop), smaller than treating the two accuracies as independent when the models miss mostly
+    the same samples."""
+    return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
+
+
+def unpack_correct(text: str, samples: int) -> np.ndarray:
+    """Inverse of ``pack_correct`` for a record of ``samples`` test samples."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
+    if bits.size < samples or bits.size - samples >= 8:
+        raise OnnxotoError(f"a correctness record of {bits.size} bits cannot hold exactly "
+                           f"{samples} test samples")
+    return bits[:samples].astype(bool)
+
+
+def _ratio(before: int, after: int) -> dict[str, Any]:
+    return {"input": before, "slim": after,
+            "slim_over_input": after / before if before else None}
+
+
+def _target_reached(run: Run) -> bool:
+    """Whether as many groups are zero as DHSPG's redundant set holds (floor of the target
+    share of all groups, see ``DHSPG._select``)."""
+    zig = run.optimizer.zig
+    zeros = round(zig.zero_fraction() * zig.num_groups)
+    return zeros >= math.floor(zig.num_groups * run.options.target)
+
+
+def finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
+    """Write trained.onnx, masks.npz, slim.onnx and metrics.json; returns the metrics. A target
+    not reached is a warning (the models are still right, only less pruned than asked), said in
+    the log and recorded as ``target_reached``."""
+    out = run.options.out
+    trained = write_back(run.module, run.model)
+    written = save_model(trained, out / FILES["trained"])
+    masks = run.optimizer.zig.masks()
+    save_masks(out / FILES["masks"], masks, model_sha256=written.sha256)
+    result = shrink(trained, masks, options=ShrinkOptions(seed=run.options.seed),
+                    result=run.parts)
+    if not result.passed:
+        raise ValidationMismatch(f"slim model differs from the trained model: "
+                                 f"{result.comparison.summary().splitlines()[0]}")
+    save_model(result.model, out / FILES["slim"])
+    full_pred = onnx_predictions(trained, run.test.x)
+    zeroed_pred = onnx_predictions(zero_channels(trained, run.parts.groups, result.masks),
+                                   run.test.x)
+    slim_pred = onnx_predictions(result.model, run.test.x)
+    slim_right = slim_pred == run.test.y
+    before, after = measure(run.model_path), measure(result.model)
+    channels = sum(g.size for g in run.parts.prunable)
+    removed = sum(int((~keep).sum()) for keep in masks.values())
+    metrics = {
+        "format": FORMAT,
+        "method": "dhspg",
+        "model": {"path": str(run.model_path), "sha256": run.model_sha256},
+        "data": {"source": run.options.data, "train": run.train.describe(),
+                 "test": run.test.describe()},
+        "options": run.options.to_dict(),
+        "epochs": run.options.epochs,
+        "steps": run.optimizer.diagnostics()["step"],
+        "world_size": run.world.size,
+        "device": str(run.device),
+        "torch_threads": torch.get_num_threads(),  # train seconds depend on it
+        # trained: trained.onnx as written; zeroed: with the masks' channels set to zero (equal
+        # when DHSPG's groups are exact zeros, which is what this records); slim: slim.onnx.
+        "accuracy": {"trained": float((full_pred == run.test.y).mean()),
+                     "zeroed": float((zeroed_pred == run.test.y).mean()),
+                     "slim": float(slim_right.mean()),
+                     "prediction_mismatches": int((full_pred != slim_pred).sum()),
+                     "slim_correct": pack_correct(slim_right),
+                     "runtime": "onnxruntime CPU"},
+        "params": _ratio(before.params, after.params),
+        "macs": _ratio(before.macs, after.macs),
+        "group_sparsity": run.optimizer.zig.zero_fraction(),
+        "target_group_sparsity": run.options.target,
+        "target_reached": _target_reached(run),
+        "channels": {"prunable": channels, "removed": removed},
+        "validation": result.comparison.to_dict() if result.comparison else None,
+        "train_seconds": run.train_seconds,  # summed over every resumed segment
+        "wall_seconds": time.perf_counter() - wall_started,  # this process only
+        "resumed_at_epoch": run.start_epoch,  # 0: trained in one process
+        "files": dict(FILES),
+        "history": run.history,
+    }
+    write_bytes_atomic(out / FILES["metrics"], (json.dumps(metrics, indent=1) + "\n").encode())
+    if not metrics["target_reached"]:
+        log(f"warning: group sparsity {metrics['group_sparsity']:.1%} is short of the target "
+            f"{run.options.target:.1%} after {run.options.epochs} epochs; train longer "
+            f"(--epochs), start pruning sooner (--warmup-epochs) or zero groups sooner "
+            f"(--epsilon)")
+    if metrics["accuracy"]["prediction_mismatches"]:
+        raise ValidationMismatch(f"trained and slim models disagree on "
+                                 f"{metrics['accuracy']['prediction_mismatches']} test samples "
+                                 f"(see {out / FILES['metrics']})")
+    return metrics
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[list[object]]:
+    """Rows (metric, full, slim, slim/full) for the closing table."""
+    acc = metrics["accuracy"]
+    rows: list[list[object]] = [["test accuracy", f"{acc['trained']:.2%}", f"{acc['slim']:.2%}",
+                                 None]]
+    for name, key in (("params", "params"), ("MACs", "macs")):
+        entry = metrics[key]
+        rows.append([name, entry["input"], entry["slim"], entry["slim_over_input"]])
+    return rows
