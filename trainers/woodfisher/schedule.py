@@ -53,14 +53,17 @@ class CubicSchedule:
 class GradualPruner:
     """Unstructured gradual pruning of ``params``: call ``step(t, ...)`` before each training
     step t (it prunes when the schedule says so, with a fresh Fisher for ``woodfisher``) and
-    ``hold()`` after each optimizer step to keep pruned weights at exactly 0."""
+    ``hold()`` after each optimizer step to keep pruned weights at exactly 0. ``joint`` selects
+    the joint OBS update (see ``obs_update``)."""
 
     def __init__(self, params: Mapping[str, torch.Tensor], schedule: CubicSchedule,
-                 criterion: str = "woodfisher", fisher: FisherOptions | None = None) -> None:
+                 criterion: str = "woodfisher", fisher: FisherOptions | None = None, *,
+                 joint: bool = False) -> None:
         self.params = dict(params)
         self.schedule = schedule
         self.criterion = criterion
         self.fisher_options = fisher or FisherOptions()
+        self.joint = joint
         self.keep: dict[str, torch.Tensor] | None = None
 
     def step(self, step: int, model: torch.nn.Module,
@@ -74,7 +77,8 @@ class GradualPruner:
             fisher = BlockFisher.estimate(model, self.params, batches(), loss_fn,
                                           self.fisher_options)
         self.keep = prune_unstructured(self.params, self.schedule.sparsity(step),
-                                       self.criterion, fisher=fisher, keep=self.keep)
+                                       self.criterion, fisher=fisher, keep=self.keep,
+                                       joint=self.joint)
         return True
 
     def hold(self) -> None:
