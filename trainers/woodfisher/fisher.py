@@ -165,7 +165,7 @@ def fisher_memory(shapes: Mapping[str, tuple[int, ...]], options: FisherOptions)
     biggest = max(sizes, default=0)
     n = options.num_grads
     per_block = (biggest * n + min(n, biggest) ** 2 + biggest * biggest) * item
-    workspace = options.chunk_blocks * per_block
+    workspace = min(options.chunk_blocks, len(sizes)) * per_block
     gradients = n * numel * 4
     return {"weights": numel, "blocks": len(sizes), "inverse": inverse, "gradients": gradients,
             "workspace": workspace, "total": inverse + gradients + workspace}
