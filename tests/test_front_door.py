@@ -170,3 +170,17 @@ def test_api_names_resolve_and_submodules_do_not_shadow_them():
     assert callable(onnxoto.partition) and callable(onnxoto.shrink)
     assert onnxoto.report is onnxoto.measure and onnxoto.validate is onnxoto.compare
     assert sorted(dir(onnxoto)) == dir(onnxoto) and set(onnxoto.__all__) <= set(dir(onnxoto))
+
+
+def test_both_doors_open_on_one_group():
+    """``python -m trainers`` and ``onnxoto train`` run the same commands, and the trainer's
+    slim-vs-trained mismatch is the wrapper's exit-1 kind."""
+    from trainers.__main__ import main as module_main
+    from trainers.cli import main as trainers
+    from trainers.train import ValidationMismatch
+
+    assert module_main is trainers
+    ctx = click.Context(main.commands["train"])
+    assert main.commands["train"].get_command(ctx, "dhspg") is trainers.commands["dhspg"]
+    assert main.commands["train"].list_commands(ctx) == trainers.list_commands(ctx)
+    assert issubclass(ValidationMismatch, MismatchError)
