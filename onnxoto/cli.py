@@ -51,6 +51,15 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed of the random inputs (same seed, same inputs).")
 
 
+def comparison_options(command):
+    """The options of every command that runs two models on the same random inputs, declared
+    once: --samples --seed --rtol --atol --dynamic-dim --input-shape."""
+    for option in reversed((samples_option, seed_option, rtol_option, atol_option,
+                            dynamic_dim_option, input_shape_option)):
+        command = option(command)
+    return command
+
+
 def friendly_errors(command):
     """Turn OnnxotoError into one stderr line that starts with the command's path, and exit 2
     (1 for a MismatchError); ``--debug`` on the command or a group above it shows the traceback.
@@ -199,12 +208,7 @@ def mask_command(model: Path, ratio: float, criterion: str, output: Path, as_jso
               help="Keep channel counts at multiples of N (8 suits tensor cores); the masks "
                    "applied are written to OUTPUT.masks.npz.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime equivalence check.")
-@samples_option
-@seed_option
-@rtol_option
-@atol_option
-@dynamic_dim_option
-@input_shape_option
+@comparison_options
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUTPUT.<token>.data (default: as the input, or when over "
                    "2 GB).")
@@ -277,12 +281,7 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
 @click.argument("slim", type=click.Path(path_type=Path))
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path),
               help="Zero these groups in FULL to make the reference.")
-@samples_option
-@seed_option
-@rtol_option
-@atol_option
-@dynamic_dim_option
-@input_shape_option
+@comparison_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @friendly_errors
 def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: int, seed: int,
