@@ -85,7 +85,9 @@ class ConvRule(Rule):
         per_group = c_out // group
         dirt = space.dirt.reshape(group, c_in_per_group).max(axis=1)
         out = Space(1, np.repeat(grid[:, 0], per_group), np.repeat(dirt, per_group))
-        ctx.const_member(weight, 0, "attached", out.slots, node)
+        if not ctx.const_member(weight, 0, "attached", out.slots, node):
+            barrier(node, ctx, "has a weight computed by other nodes")
+            return
         _producer(node, ctx, bias, 0, out)
         ctx.set_space(node.output[0], out)
 
