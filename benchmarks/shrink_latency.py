@@ -1,19 +1,31 @@
-"""Shrink + validate time and onnxruntime CPU latency of ResNet-50 kept at 75 / 50 / 25 %.
+"""Shrink + validate time and onnxruntime CPU latency of ResNet-50 kept at 75 / 50 / 25 %;
+with ``--cost``, wall time and peak memory of the `onnxoto mask` and `onnxoto shrink` commands.
 
 Targets: shrink + validate <= 3 s; latency ratio / MACs ratio <= 1.15 (the slim model is about
 as much faster as it is cheaper). Full and slim are timed side by side, interleaved, in one run.
+Cost targets (issue 26): peak RSS of mask and shrink <= 3x the model's bytes; on a VGG-16-sized
+model mask <= 1.5 s and shrink + validate <= 6 s. Each command runs in its own process (its peak
+RSS from os.wait4); ``--before DIR`` (a checkout of older code) runs the same commands with that
+code in the same run, so the two columns share the machine's state.
 
     python benchmarks/shrink_latency.py [--runs 30] [--keep 0.75 0.5 0.25]
+    python benchmarks/shrink_latency.py --cost [--before /tmp/onnxoto-before]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,14 +54,136 @@ def interleaved_latency(models: dict, runs: int, warmup: int = 5) -> dict[str, f
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16_bn(path: Path, *, num_classes: int = 1000, seed: int = 0) -> Path:
+    """VGG-16 with BatchNorm (138 M params, 553 MB of float32) built with onnx.helper: an
+    exporter would need the torch model in memory twice; the graph is what matters here."""
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def weight(name: str, shape: tuple[int, ...], scale: float, shift: float = 0.0) -> str:
+        array = rng.standard_normal(shape, dtype=np.float32)
+        array *= np.float32(scale)
+        array += np.float32(shift)
+        inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    x, c_in = "input", 3
+    for i, width in enumerate(VGG16):
+        if width == "M":
+            nodes.append(helper.make_node("MaxPool", [x], [f"pool{i}"], kernel_shape=[2, 2],
+                                          strides=[2, 2]))
+            x = f"pool{i}"
+            continue
+        w = weight(f"features.{i}.weight", (width, c_in, 3, 3), (2.0 / (9 * c_in)) ** 0.5)
+        b = weight(f"features.{i}.bias", (width,), 0.01)
+        bn = [weight(f"bn{i}.weight", (width,), 0.1, shift=1.0),
+              weight(f"bn{i}.bias", (width,), 0.1), weight(f"bn{i}.mean", (width,), 0.1),
+              weight(f"bn{i}.var", (width,), 0.0, shift=1.0)]
+        nodes += [helper.make_node("Conv", [x, w, b], [f"conv{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"conv{i}", *bn], [f"bn{i}"]),
+                  helper.make_node("Relu", [f"bn{i}"], [f"relu{i}"])]
+        x, c_in = f"relu{i}", width
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+    x, features = "flat", c_in * 7 * 7
+    for j, width in enumerate((4096, 4096, num_classes)):
+        w = weight(f"classifier.{j}.weight", (width, features), (2.0 / features) ** 0.5)
+        b = weight(f"classifier.{j}.bias", (width,), 0.01)
+        nodes.append(helper.make_node("Gemm", [x, w, b], [f"fc{j}"], transB=1))
+        x, features = f"fc{j}", width
+        if j < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"fc_relu{j}"]))
+            x = f"fc_relu{j}"
+    graph = helper.make_graph(
+        nodes, "vgg16_bn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                          [1, 3, 224, 224])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, num_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime 1.16+ reads
+    onnx.save(model, path)
+    return path
+
+
+def command_cost(args: list[str], *, code: Path | None = None) -> dict:
+    """Wall seconds and peak RSS (bytes) of one `onnxoto ...` run in a fresh process; ``code``
+    puts an older checkout first on the path."""
+    env = dict(os.environ)
+    root = code or Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(root)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "onnxoto.cli", *args], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"onnxoto {' '.join(args)} failed: {stderr.strip()}")
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}
+
+
+def cost_table(before: Path | None, models: list[str], ratio: float) -> int:
+    """`onnxoto mask` then `onnxoto shrink --mask` (validated) on each model, per code tree."""
+    trees = {"before": before, "after": None} if before else {"after": None}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            path = Path(tmp) / f"{name}.onnx"
+            if name == "vgg16_bn":
+                vgg16_bn(path)
+            else:
+                from models.export import export_onnx
+                from models.zoo import ZOO, build
+
+                export_onnx(build(name), ZOO[name].input_shape, path)
+            size = path.stat().st_size
+            for label, code in trees.items():
+                masks, slim = Path(tmp) / f"{name}.{label}.npz", Path(tmp) / f"{name}.slim.onnx"
+                mask = command_cost(["mask", str(path), "--ratio", str(ratio), "-o", str(masks)],
+                                    code=code)
+                shrunk = command_cost(["shrink", str(path), "--mask", str(masks), "-o",
+                                       str(slim)], code=code)
+                slim.unlink()
+                rows.append({"model": name, "model_bytes": size, "code": label,
+                             "mask_s": mask["seconds"], "mask_peak_rss": mask["peak_rss"],
+                             "shrink_validate_s": shrunk["seconds"],
+                             "shrink_peak_rss": shrunk["peak_rss"]})
+    headers = ["model", "MB", "code", "mask s", "mask peak RSS MB (x model)",
+               "shrink+validate s", "shrink peak RSS MB (x model)"]
+
+    def rss(row: dict, key: str) -> str:
+        return f"{row[key] / 1e6:,.0f} ({row[key] / row['model_bytes']:.1f}x)"
+
+    table = [[r["model"], f"{r['model_bytes'] / 1e6:.0f}", r["code"], f"{r['mask_s']:.2f}",
+              rss(r, "mask_peak_rss"), f"{r['shrink_validate_s']:.2f}",
+              rss(r, "shrink_peak_rss")] for r in rows]
+    markdown = (f"`onnxoto mask --ratio {ratio}` and `onnxoto shrink --mask` (validated: 3 "
+                f"seeded samples), each a fresh process; wall time includes Python start-up "
+                f"and imports; peak RSS from os.wait4\n\n" + markdown_table(headers, table))
+    print(markdown)
+    out = write_results("shrink_latency_cost", {"ratio": ratio, "rows": rows}, markdown)
+    print(f"\nwrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cost", action="store_true",
+                        help="time and peak RSS of `onnxoto mask` / `onnxoto shrink` instead")
+    parser.add_argument("--before", type=Path, help="with --cost: an older checkout to compare")
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16_bn"])
+    parser.add_argument("--ratio", type=float, default=0.5, help="with --cost: mask ratio")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--keep", type=float, nargs="+", default=[0.75, 0.5, 0.25])
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--round-to", type=int, default=8,
                         help="channel multiple kept by shrink (1 = exact counts)")
     args = parser.parse_args(argv)
+    if args.cost:
+        return cost_table(args.before, args.models, args.ratio)
     from models.export import export_onnx
     from models.zoo import ZOO, build
 

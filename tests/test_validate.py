@@ -201,7 +201,7 @@ def test_session_defaults_to_cpu_and_handles_large_protos(monkeypatch):
     assert runtime.session(model).get_providers() == ["CPUExecutionProvider"]
     x = {"x": np.ones((2, 4), dtype=np.float32)}
     expected = np.ones((2, 4), dtype=np.float32) @ W + B
-    monkeypatch.setattr(runtime, "_MAX_PROTO_BYTES", 0)  # take the external-data route
+    monkeypatch.setattr(runtime, "_MAP_BYTES", 0)  # take the external-data route
     before = model.SerializeToString()
     out = runtime.run(runtime.session(model), x)
     np.testing.assert_allclose(out["y"], expected, rtol=1e-6)
