@@ -507,9 +507,10 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: x + attn(LN(x)); x + mlp(LN(x)) with a Linear-GELU-Linear MLP."""
+    """Pre-LN block: x + attn(LN(x)); x + mlp(LN(x)) with a Linear-GELU-Linear MLP (hidden
+    width ``mlp_ratio * dim``; ViT and DeiT use 4, the default)."""
 
-    def __init__(self, dim: int, heads: int, tokens: int, mlp_ratio: int = 2) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, mlp_ratio: int = 4) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, tokens)

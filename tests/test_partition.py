@@ -108,9 +108,10 @@ def test_convnext_layernorm_space_is_not_prunable(zoo_cache, exporter):
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_vit_heads_and_mlp_hidden_are_groups_residual_stream_not(zoo_cache, exporter):
     """Each block: one group of 4 heads (q, k, v columns and out-projection rows of a head are
-    one channel) and the 64-wide MLP hidden; the LayerNorm residual stream stays whole."""
+    one channel) and the 128-wide MLP hidden (ratio 4); the LayerNorm residual stream stays
+    whole."""
     result = partition(zoo_cache("vit", exporter))
-    assert [g.size for g in result.prunable] == [4, 64, 4, 64]
+    assert [g.size for g in result.prunable] == [4, 128, 4, 128]
     heads = result.prunable[0]
     assert {m.role for m in heads.members} == {"producer", "consumer"}
     assert {m.index_map.block for m in heads.members} == {8}  # head_dim columns per head
