@@ -229,7 +229,6 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
     from dataclasses import replace
 
     from onnxoto.files import save_model, uses_external_data
-    from onnxoto.graph import load_model
     from onnxoto.groups import load_masks, mask_file_sha, save_masks
     from onnxoto.masking import masks_from_zeros
     from onnxoto.metrics import measure
@@ -242,8 +241,7 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
     masks_out = output.with_name(f"{output.name}.masks.npz") if round_to > 1 else None
     _check_output([model] + ([mask_path] if mask_path else []), output,
                   also=[masks_out] if masks_out else [])
-    full = load_model(model)
-    result = partition(model)
+    result = partition(model)  # its canonical model is what shrink slices: no second copy
     model_sha = result.model_info["sha256"]
     if zeros:
         masks = masks_from_zeros(result.model, result.groups, tol=tol)
@@ -256,7 +254,7 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
     options = ShrinkOptions(round_to=round_to, validate=not no_validate, samples=samples,
                             seed=seed, rtol=rtol, atol=atol, dynamic_dim=dynamic_dim,
                             input_shapes=input_shapes or None)
-    outcome = shrink(full, masks, options=options, result=result)
+    outcome = shrink(result.model, masks, options=options, result=result)
     before = measure(model)
     if not outcome.passed:
         click.echo(render_shrink(shrink_report(outcome, before, measure(outcome.model))))
