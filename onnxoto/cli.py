@@ -60,6 +60,26 @@ def comparison_options(command):
     return command
 
 
+provider_option = click.option(
+    "--provider", default="cpu", show_default=True, metavar="NAME",
+    help="onnxruntime execution provider: cpu, cuda, tensorrt (or its onnxruntime name); "
+         "refused in one line when this onnxruntime cannot start it.")
+
+
+def deployment_options(command):
+    """How `validate` checks a model for deployment: --provider --data --check."""
+    command = click.option(
+        "--check", type=click.Choice(["scale", "elementwise"]), default="scale",
+        show_default=True, help="scale: |slim - ref| <= atol + rtol * max|ref| per output; "
+        "elementwise: <= atol + rtol * |ref| for every element (counts the elements over).")(
+        command)
+    command = click.option(
+        "--data", "data_path", type=click.Path(path_type=Path), metavar="INPUTS.npz",
+        help="Real inputs (keys = input names) as the one sample, instead of random ones.")(
+        command)
+    return provider_option(command)
+
+
 def friendly_errors(command):
     """Turn OnnxotoError into one stderr line that starts with the command's path, and exit 2
     (1 for a MismatchError); ``--debug`` on the command or a group above it shows the traceback.
@@ -126,7 +146,8 @@ def main(debug: bool) -> None:
               help="Write partition.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--explain", "explain_name", metavar="NAME",
-              help="Explain the group(s) of a node or initializer.")
+              help="Explain the group(s) of a node, initializer or tensor (suggests close "
+                   "names when none matches).")
 @friendly_errors
 def partition_command(model: Path, output: Path | None, as_json: bool,
                       explain_name: str | None) -> None:
@@ -280,40 +301,48 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path),
               help="Zero these groups in FULL to make the reference.")
 @comparison_options
+@deployment_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @friendly_errors
 def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: int, seed: int,
                      rtol: float | None, atol: float | None, dynamic_dim: int,
-                     input_shapes: dict, as_json: bool) -> None:
+                     input_shapes: dict, provider: str, data_path: Path | None, check: str,
+                     as_json: bool) -> None:
     """Check that SLIM computes what FULL computes (with --mask: FULL with those groups zeroed).
 
-    Exit code 1 when any output differs by more than atol + rtol * max|reference|; the
-    tolerances default per output dtype and are printed.
+    Exit code 1 when any output differs by more than atol + rtol * max|reference| (with
+    --check elementwise: any element by more than atol + rtol * |reference|); the tolerances
+    default per output dtype and are printed.
 
     \b
-    Example:
+    Examples:
       onnxoto validate model.onnx slim.onnx --mask masks.npz
+      onnxoto validate model.onnx slim.onnx --data inputs.npz --check elementwise
+      onnxoto validate model.onnx slim.onnx --provider cuda --input-shape input:8x3x224x224
     """
     from onnxoto.graph import load_model
     from onnxoto.groups import load_masks
     from onnxoto.masking import zero_channels
     from onnxoto.partition import partition
-    from onnxoto.validate import compare
+    from onnxoto.validate import CompareOptions, compare
 
+    options = CompareOptions(samples=samples, seed=seed, rtol=rtol, atol=atol, check=check,
+                             provider=provider, dynamic_dim=dynamic_dim,
+                             shapes=input_shapes or None, data=data_path)
     reference = load_model(full)
     candidate = load_model(slim)
     if mask_path is not None:
         result = partition(full)
         masks = load_masks(mask_path, result.groups, model_sha256=result.model_info["sha256"])
         reference = zero_channels(result.model, result.groups, masks)
-    comparison = compare(reference, candidate, samples=samples, seed=seed, rtol=rtol,
-                         atol=atol, dynamic_dim=dynamic_dim, shapes=input_shapes or None)
+    comparison = compare(reference, candidate, options)
     if as_json:
         _echo_json(comparison.to_dict())
     else:
         click.echo(comparison.summary())
-        click.echo(f"{'PASSED' if comparison.passed else 'FAILED'} (tolerances: "
-                   f"{comparison.tolerances()})")
+        click.echo(f"{'PASSED' if comparison.passed else 'FAILED'} ({comparison.check} check on "
+                   f"{comparison.provider}, {comparison.samples} sample(s) of "
+                   f"{comparison.inputs} inputs; tolerances: {comparison.tolerances()})")
     if not comparison.passed:
         sys.exit(EXIT_MISMATCH)
 
@@ -321,15 +350,19 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
 @main.command("report")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("slim", type=click.Path(path_type=Path), required=False)
-@click.option("--latency", is_flag=True, help="Also time onnxruntime CPU inference.")
+@click.option("--latency", is_flag=True, help="Also time onnxruntime inference (--provider).")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="onnxruntime intra-op threads for --latency (0: its default).")
+@provider_option
 @dynamic_dim_option
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
 def report_command(model: Path, slim: Path | None, latency: bool, runs: int, warmup: int,
-                   dynamic_dim: int, input_shapes: dict, as_json: bool) -> None:
+                   threads: int, provider: str, dynamic_dim: int, input_shapes: dict,
+                   as_json: bool) -> None:
     """Params, MACs, FLOPs (2 x MACs) and bytes of MODEL, or MODEL vs SLIM side by side.
 
     \b
@@ -338,8 +371,11 @@ def report_command(model: Path, slim: Path | None, latency: bool, runs: int, war
     """
     from onnxoto.report import compare_report, render_compare
 
+    if not latency and (provider != "cpu" or threads):
+        raise OnnxotoError("--provider and --threads say how --latency runs; add --latency")
     data = compare_report(model, slim, latency=latency, runs=runs, warmup=warmup,
-                          dynamic_dim=dynamic_dim, shapes=input_shapes or None)
+                          dynamic_dim=dynamic_dim, shapes=input_shapes or None,
+                          provider=provider, threads=threads)
     if as_json:
         _echo_json(data)
     else:

@@ -290,6 +290,17 @@ class Latency:
     runs: int
     warmup: int
     provider: str
+    threads: int = 0
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """What was timed, e.g. "CPUExecutionProvider, threads onnxruntime default, input
+        1x3x224x224, 50 runs after 5 warmup"."""
+        threads = self.threads or "onnxruntime default"
+        shapes = ", ".join(f"{name} {'x'.join(map(str, dims)) or 'scalar'}"
+                           for name, dims in self.inputs.items()) or "no inputs"
+        return (f"{self.provider}, threads {threads}, {shapes}, {self.runs} runs after "
+                f"{self.warmup} warmup")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -300,22 +311,25 @@ def measure_latency(
     *,
     runs: int = 50,
     warmup: int = 5,
-    providers: Sequence[str] | None = None,
+    provider: str = "cpu",
+    threads: int = 0,
     seed: int = 0,
     dynamic_dim: int = 1,
     shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Latency:
     """Time ``runs`` inferences after ``warmup`` untimed ones (first runs allocate and tune).
 
-    Defaults to 50 runs, 5 warmup, CPU, seed 0; dynamic dims ``dynamic_dim`` (1) and the
-    declared shapes unless ``shapes`` gives them, as in ``random_inputs``.
+    Defaults to 50 runs, 5 warmup, CPU (``provider`` as in runtime.providers_for), onnxruntime's
+    own thread count (``threads`` 0), seed 0; dynamic dims ``dynamic_dim`` (1) and the declared
+    shapes unless ``shapes`` gives them, as in ``random_inputs``. The result says which
+    provider, threads and input shapes it timed.
     """
     if runs < 1 or warmup < 0:
         raise OnnxotoError(f"latency needs runs >= 1 and warmup >= 0, got {runs} and {warmup}")
     proto = load_model(model)
     inputs = runtime.random_inputs(proto, seed=seed, batch=dynamic_dim, dynamic_dim=dynamic_dim,
                                    shapes=shapes)
-    sess = runtime.session(proto, providers=providers)
+    sess = runtime.session(proto, providers=runtime.providers_for(provider), threads=threads)
     for _ in range(warmup):
         runtime.run(sess, inputs)
     times = []
@@ -330,6 +344,8 @@ def measure_latency(
         runs=runs,
         warmup=warmup,
         provider=sess.get_providers()[0],
+        threads=threads,
+        inputs={name: list(array.shape) for name, array in inputs.items()},
     )
 
 

@@ -109,12 +109,15 @@ def render_shrink(report: dict) -> str:
 
 
 def compare_report(model, slim=None, *, latency: bool = False, runs: int = 50,
-                   warmup: int = 5, dynamic_dim: int = 1, shapes=None) -> dict:
-    """Metrics of one model, or of two side by side with ratios (and latency if asked, on
-    inputs with dynamic dims ``dynamic_dim`` or the ``shapes`` given by input name)."""
+                   warmup: int = 5, dynamic_dim: int = 1, shapes=None, provider: str = "cpu",
+                   threads: int = 0) -> dict:
+    """Metrics of one model, or of two side by side with ratios (and latency if asked: on
+    ``provider`` with ``threads`` (0: onnxruntime's default), inputs with dynamic dims
+    ``dynamic_dim`` or the ``shapes`` given by input name)."""
     before = measure(model)
     data: dict = {"model": str(model), "metrics": before.to_dict()}
-    timing = {"runs": runs, "warmup": warmup, "dynamic_dim": dynamic_dim, "shapes": shapes}
+    timing = {"runs": runs, "warmup": warmup, "dynamic_dim": dynamic_dim, "shapes": shapes,
+              "provider": provider, "threads": threads}
     if latency:
         data["latency"] = measure_latency(model, **timing).to_dict()
     if slim is None:
@@ -141,8 +144,15 @@ def render_compare(data: dict) -> str:
         if "latency" in data:
             lat = data["latency"]
             rows += [("median ms", lat["median_ms"]), ("p90 ms", lat["p90_ms"])]
-        return render_table(rows, ("metric", Path(data["model"]).name))
+        return render_table(rows, ("metric", Path(data["model"]).name)) + _timed(data)
     text = render_table([Row(**r) for r in data["rows"]])
     if data.get("speedup"):
         text += f"\nspeed-up (median): {data['speedup']:.2f}x"
-    return text
+    return text + _timed(data)
+
+
+def _timed(data: dict) -> str:
+    """The line that says what the latency rows measured (empty without --latency)."""
+    if "latency" not in data:
+        return ""
+    return f"\nlatency: {Latency(**data['latency']).describe()}"

@@ -6,6 +6,8 @@ without a GPU, and a comparison must not depend on which machine ran it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import tempfile
@@ -20,6 +22,13 @@ from onnxoto.errors import OnnxotoError, one_line
 from onnxoto.files import save_model
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# --provider names -> the execution providers asked for, best first. CPU stays last in every
+# list: GPU providers hand it the ops they lack, as onnxruntime itself expects.
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
 # onnxruntime's own warnings (colored, on stderr) would break our one-line error contract.
 ort.set_default_logger_severity(3)
 # Models with more tensor bytes than this reach onnxruntime as a file with external data, which
@@ -40,18 +49,43 @@ _INT_TYPES = {
 }
 
 
+def providers_for(provider: str) -> list[str]:
+    """The execution providers behind a --provider name ("cpu", "cuda", "tensorrt", or an
+    onnxruntime name such as "CUDAExecutionProvider"), checked against what this onnxruntime
+    build offers; OnnxotoError names the ones it does offer otherwise."""
+    chosen = PROVIDERS.get(provider.lower())
+    if chosen is None:
+        known = {p.lower(): p for p in ort.get_available_providers()}
+        full = known.get(provider.lower())
+        if full is None:
+            raise OnnxotoError(f"unknown provider '{provider}'; use one of "
+                               f"{', '.join(PROVIDERS)} or an onnxruntime provider name")
+        chosen = (full,) if full in DEFAULT_PROVIDERS else (full, *DEFAULT_PROVIDERS)
+    available = ort.get_available_providers()
+    if chosen[0] not in available:
+        raise OnnxotoError(f"provider '{provider}' needs {chosen[0]}, which this onnxruntime "
+                           f"({ort.__version__}) does not have; it has {', '.join(available)}")
+    return list(chosen)
+
+
 def session(
     model: onnx.ModelProto | str | os.PathLike,
     *,
     providers: Sequence[str] | None = None,
+    threads: int = 0,
 ) -> ort.InferenceSession:
-    """An onnxruntime session with quiet logs. Defaults to ``["CPUExecutionProvider"]``.
+    """An onnxruntime session with quiet logs. Defaults to ``["CPUExecutionProvider"]`` and
+    onnxruntime's own thread count (``threads`` 0).
 
-    Protos with over 64 MiB of tensors go through a temporary folder with external data, which
-    onnxruntime maps rather than copies (and which protobuf needs from 2 GiB on).
+    A session whose first provider did not start (onnxruntime-gpu lists CUDA on machines
+    without a GPU, then quietly runs on CPU) raises OnnxotoError rather than measuring CPU
+    under another name. Protos with over 64 MiB of tensors go through a temporary folder with
+    external data, which onnxruntime maps rather than copies (and which protobuf needs from
+    2 GiB on).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
     if not isinstance(model, onnx.ModelProto):
         return _open(str(model), options, chosen, _describe(model))
@@ -79,13 +113,29 @@ def _itemsize(data_type: int) -> int:
         return 8
 
 
+@contextlib.contextmanager
+def _logger_severity(level: int):
+    ort.set_default_logger_severity(level)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(3)
+
+
 def _open(
     source: str | bytes, options: ort.SessionOptions, providers: list[str], what: str
 ) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(source, options, providers=providers)
+    quiet = providers[0] != DEFAULT_PROVIDERS[0]
+    try:  # a provider that fails to start prints to stdout and logs errors: keep one line
+        with contextlib.redirect_stdout(io.StringIO()), _logger_severity(4 if quiet else 3):
+            sess = ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise OnnxotoError(f"onnxruntime cannot load {what}: {one_line(exc)}") from exc
+    if sess.get_providers()[0] != providers[0]:
+        raise OnnxotoError(f"onnxruntime lists {providers[0]} but could not start it for {what} "
+                           f"(no GPU, or its CUDA/TensorRT libraries are missing); it fell back "
+                           f"to {sess.get_providers()[0]}: use --provider cpu")
+    return sess
 
 
 # Random inputs larger than this (1 GiB of float32) are refused before anything is allocated:
@@ -123,6 +173,56 @@ def random_inputs(
             for name, (elem_type, shape) in specs.items()}
 
 
+def given_inputs(
+    model: onnx.ModelProto,
+    data: Mapping[str, np.ndarray] | str | os.PathLike,
+) -> dict[str, np.ndarray]:
+    """Real inputs for ``model`` from an .npz file (keys = input names) or a mapping, checked
+    against the declared inputs: every real input present and no other, the declared dtype,
+    rank and static dims. OnnxotoError names the input and what differs."""
+    where = f"'{data}'" if isinstance(data, (str, os.PathLike)) else "the inputs given"
+    arrays = _read_npz(data) if isinstance(data, (str, os.PathLike)) else dict(data)
+    initializers = {t.name for t in model.graph.initializer}
+    real = [v for v in model.graph.input if v.name not in initializers]
+    names = [v.name for v in real]
+    missing = [n for n in names if n not in arrays]
+    extra = sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise OnnxotoError(f"{where}: the model's inputs are {names}; missing {missing or 'none'}"
+                           f", not inputs {extra or 'none'}")
+    return {value.name: _checked(value, np.asarray(arrays[value.name]), where)
+            for value in real}
+
+
+def _checked(value: onnx.ValueInfoProto, array: np.ndarray, where: str) -> np.ndarray:
+    if value.type.WhichOneof("value") != "tensor_type":
+        raise OnnxotoError(f"input '{value.name}': only tensor inputs can be given")
+    tensor_type = value.type.tensor_type
+    want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    if array.dtype != want:
+        raise OnnxotoError(f"{where}: input '{value.name}' is {array.dtype}, the model takes "
+                           f"{want}; convert it (e.g. array.astype(numpy.{want}))")
+    if not tensor_type.HasField("shape"):
+        return array
+    declared = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    fits = len(declared) == array.ndim and all(
+        d is None or d == n for d, n in zip(declared, array.shape, strict=False))
+    if not fits:
+        shown = ["?" if d is None else d for d in declared]
+        raise OnnxotoError(f"{where}: input '{value.name}' has shape {list(array.shape)}, the "
+                           f"model declares {shown} (? = any size)")
+    return array
+
+
+def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise OnnxotoError(f"cannot read inputs from '{path}': {one_line(exc)}; save them with "
+                           f"numpy.savez(path, **{{input_name: array}})") from exc
+
+
 def _tensor_spec(
     value: onnx.ValueInfoProto, *, batch: int, dynamic_dim: int,
     given: Sequence[int] | None = None,
@@ -139,6 +239,11 @@ def _tensor_spec(
             raise OnnxotoError(f"--input-shape {value.name}: {len(given)} dims given, the input "
                                f"has rank {len(declared)}")
         dims = tuple(int(d) for d in given)
+        fixed = [d.dim_value if d.HasField("dim_value") else None for d in declared]
+        if any(f is not None and f != n for f, n in zip(fixed, dims, strict=True)):
+            shown = "x".join("?" if f is None else str(f) for f in fixed)
+            raise OnnxotoError(f"--input-shape {value.name}: {'x'.join(map(str, dims))} does "
+                               f"not fit the declared {shown} (only ? dims are free)")
     else:
         dims = tuple(
             dim.dim_value if dim.HasField("dim_value") else (batch if axis == 0 else dynamic_dim)

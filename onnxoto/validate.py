@@ -1,16 +1,20 @@
-"""Output equivalence of two models under onnxruntime: the proof that a slim model is right.
+"""Output equivalence of two models under onnxruntime: the check that a slim model is right.
 
-Both models get the same seeded random inputs; an output passes when
-``max|candidate - reference| <= atol + rtol * max|reference|`` on every sample. The tolerance scales
-with the output's largest magnitude rather than per element, so near-zero entries of a large output
-do not fail on float rounding while a real change still does.
+Both models get the same inputs (seeded random ones, or real ones from an .npz). The default
+"scale" check passes an output when ``max|candidate - reference| <= atol + rtol * max|reference|``
+on every sample: the tolerance scales with the output's largest magnitude rather than per
+element, so near-zero entries of a large output do not fail on float rounding while a real change
+still does. The "elementwise" check (Polygraphy's) holds every element to
+``|candidate - reference| <= atol + rtol * |reference|`` and counts the elements over, for
+deployments that care about small outputs too.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import onnx
@@ -44,6 +48,40 @@ DEFAULT_TOLERANCES: dict[int, Tolerance] = {
     onnx.TensorProto.DOUBLE: Tolerance(rtol=1e-7, atol=1e-9),
 }
 EXACT = Tolerance(rtol=0.0, atol=0.0)
+CHECKS = ("scale", "elementwise")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """How two models are compared.
+
+    ``check``: "scale" (one limit per output, from max|reference|) or "elementwise" (each
+    element against its own |reference|). ``provider``: "cpu", "cuda", "tensorrt" or an
+    onnxruntime provider name (see runtime.providers_for). ``data``: real inputs (an .npz path
+    or a mapping, keys = input names) used as the one sample instead of random ones.
+    ``shapes``: whole input shapes by name for the random inputs. Defaults: 3 samples from seed
+    0, each output dtype's tolerance (DEFAULT_TOLERANCES), the scale check, CPU, dynamic dims 1,
+    the declared shapes, random inputs.
+    """
+
+    samples: int = 3
+    seed: int = 0
+    rtol: float | None = None
+    atol: float | None = None
+    check: str = "scale"
+    provider: str = "cpu"
+    dynamic_dim: int = 1
+    shapes: Mapping[str, Sequence[int]] | None = None
+    data: Mapping[str, np.ndarray] | str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise OnnxotoError(f"compare needs at least 1 sample, got {self.samples}")
+        if self.check not in CHECKS:
+            raise OnnxotoError(f"unknown check '{self.check}'; use one of {', '.join(CHECKS)}")
+        if self.data is not None and self.shapes:
+            raise OnnxotoError("give real inputs (--data) or input shapes (--input-shape), not "
+                               "both: the data's arrays fix the shapes")
 
 
 def default_tolerance(elem_type: int) -> Tolerance:
@@ -78,10 +116,16 @@ class OutputDiff:
     rtol: float = FLOAT32_TOLERANCE.rtol
     atol: float = FLOAT32_TOLERANCE.atol
     dtype: str = "float32"
+    check: str = "scale"
+    over: int = 0
+    elements: int = 0
+    ratio: float = 0.0
 
     def to_dict(self) -> dict:
-        """JSON-ready; NaN and infinities become null (``passed`` is then false)."""
-        return {
+        """JSON-ready; NaN and infinities become null (``passed`` is then false). ``ratio`` is
+        the worst diff over its limit (> 1 fails); ``over`` counts elements over their limit
+        (elementwise check only)."""
+        out = {
             "name": self.name,
             "max_abs": _finite_or_none(self.max_abs),
             "max_rel": _finite_or_none(self.max_rel),
@@ -92,7 +136,13 @@ class OutputDiff:
             "dtype": self.dtype,
             "rtol": self.rtol,
             "atol": self.atol,
+            "check": self.check,
+            "ratio": _finite_or_none(self.ratio),
         }
+        if self.check == "elementwise":
+            out.update(over=self.over, elements=self.elements,
+                       over_share=self.over / self.elements if self.elements else 0.0)
+        return out
 
 
 @dataclass
@@ -108,6 +158,9 @@ class Comparison:
     atol: float | None = None
     samples: int = 3
     seed: int = 0
+    check: str = "scale"
+    provider: str = "CPUExecutionProvider"
+    inputs: str = "random"
 
     @property
     def passed(self) -> bool:
@@ -123,6 +176,9 @@ class Comparison:
             "atol": self.atol,
             "samples": self.samples,
             "seed": self.seed,
+            "check": self.check,
+            "provider": self.provider,
+            "inputs": self.inputs,
             "outputs": [out.to_dict() for out in self.outputs],
         }
 
@@ -144,6 +200,12 @@ def describe_tolerances(outputs: Iterable[Mapping]) -> str:
 def _summary_line(out: OutputDiff) -> str:
     verdict = "PASS" if out.passed else "FAIL"
     shape = "x".join(str(d) for d in out.shape) or "scalar"
+    if out.check == "elementwise":
+        share = out.over / out.elements if out.elements else 0.0
+        return (f"{verdict} {out.name} [{shape}]: max_abs {out.max_abs:.3g}, max_rel "
+                f"{out.max_rel:.3g}, {out.over:,} of {out.elements:,} elements ({share:.2%}) "
+                f"over {out.dtype} atol {out.atol:g} + rtol {out.rtol:g} x |ref|, worst "
+                f"sample {out.sample}")
     limit = out.atol + out.rtol * out.ref_scale
     return (
         f"{verdict} {out.name} [{shape}]: max_abs {out.max_abs:.3g}, max_rel {out.max_rel:.3g}, "
@@ -155,58 +217,74 @@ def _summary_line(out: OutputDiff) -> str:
 def compare(
     reference: ModelLike,
     candidate: ModelLike,
+    options: CompareOptions | None = None,
     *,
     samples: int = 3,
     seed: int = 0,
     rtol: float | None = None,
     atol: float | None = None,
-    providers: Sequence[str] | None = None,
     dynamic_dim: int = 1,
     shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Comparison:
-    """Run both models on the same seeded inputs and compare every output by name.
+    """Run both models on the same inputs and compare every output by name.
 
-    Inputs follow the reference's declared inputs; sample i uses seed + i, and every dynamic dim
-    (batch included) is ``dynamic_dim``. The candidate may drop inputs it no longer reads. Output
-    names or shapes that differ raise OnnxotoError; NaN anywhere fails. Defaults: 3 samples, seed 0,
-    rtol and atol per output dtype (``DEFAULT_TOLERANCES``: float32 1e-4 and 1e-5), CPU, dynamic
-    dims 1, the declared input shapes unless ``shapes`` gives them by input name.
+    ``options`` says how (see CompareOptions); the keywords are shorthands for its most used
+    fields when no ``options`` is given. Inputs follow the reference's declared inputs; random
+    sample i uses seed + i; with ``options.data`` the given inputs are the one sample. The
+    candidate may drop inputs it no longer reads. Output names or shapes that differ raise
+    OnnxotoError; NaN anywhere fails.
     """
-    if samples < 1:
-        raise OnnxotoError(f"compare needs at least 1 sample, got {samples}")
+    given = {"samples": samples, "seed": seed, "rtol": rtol, "atol": atol,
+             "dynamic_dim": dynamic_dim, "shapes": shapes}
+    if options is None:
+        options = CompareOptions(**given)
+    elif given != _SHORTHAND_DEFAULTS:
+        raise TypeError("compare() takes options or its keyword shorthands, not both")
     ref_model, cand_model = load_model(reference), load_model(candidate)
     names = _matching_outputs(ref_model, cand_model)
     types = {o.name: o.type.tensor_type.elem_type for o in ref_model.graph.output}
-    limits = {name: resolve_tolerance(types[name], rtol, atol) for name in names}
+    limits = {name: resolve_tolerance(types[name], options.rtol, options.atol) for name in names}
     cand_inputs = _candidate_inputs(ref_model, cand_model)
-
-    def inputs(sample: int) -> dict[str, np.ndarray]:
-        return runtime.random_inputs(ref_model, seed=seed + sample, batch=dynamic_dim,
-                                     dynamic_dim=dynamic_dim, shapes=shapes)
-
-    first = inputs(0)  # input sizes are checked before onnxruntime sets anything up
+    if options.data is not None:
+        feeds = [runtime.given_inputs(ref_model, options.data)]
+    else:  # input sizes are checked before onnxruntime sets anything up
+        feeds = [runtime.random_inputs(ref_model, seed=options.seed + i,
+                                       batch=options.dynamic_dim,
+                                       dynamic_dim=options.dynamic_dim, shapes=options.shapes)
+                 for i in range(options.samples)]
+    providers = runtime.providers_for(options.provider)
     ref_session = runtime.session(ref_model, providers=providers)
     cand_session = runtime.session(cand_model, providers=providers)
     worst: dict[str, OutputDiff] = {}
-    for sample in range(samples):
-        feed = first if sample == 0 else inputs(sample)
+    for sample, feed in enumerate(feeds):
         ref_out = runtime.run(ref_session, feed)
         cand_out = runtime.run(cand_session, {k: v for k, v in feed.items() if k in cand_inputs})
         for name in names:
             limit = limits[name]
             diff = output_diff(name, ref_out[name], cand_out[name], rtol=limit.rtol,
-                               atol=limit.atol)
+                               atol=limit.atol, check=options.check)
             diff.sample = sample
             diff.dtype = _type_name(types[name])
-            if name not in worst or _badness(diff) > _badness(worst[name]):
+            if name not in worst or diff.ratio > worst[name].ratio:
                 worst[name] = diff
     return Comparison(
         outputs=[worst[name] for name in names],
-        rtol=rtol,
-        atol=atol,
-        samples=samples,
-        seed=seed,
+        rtol=options.rtol,
+        atol=options.atol,
+        samples=len(feeds),
+        seed=options.seed,
+        check=options.check,
+        provider=ref_session.get_providers()[0],
+        inputs="random" if options.data is None else _describe_data(options.data),
     )
+
+
+_SHORTHAND_DEFAULTS = {f.name: f.default for f in fields(CompareOptions)
+                       if f.name in ("samples", "seed", "rtol", "atol", "dynamic_dim", "shapes")}
+
+
+def _describe_data(data: Mapping[str, np.ndarray] | str | os.PathLike) -> str:
+    return str(data) if isinstance(data, (str, os.PathLike)) else "given arrays"
 
 
 def _matching_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> list[str]:
@@ -237,42 +315,71 @@ def _real_inputs(model: onnx.ModelProto) -> set[str]:
 
 
 def output_diff(
-    name: str, reference: np.ndarray, candidate: np.ndarray, *, rtol: float, atol: float
+    name: str, reference: np.ndarray, candidate: np.ndarray, *, rtol: float, atol: float,
+    check: str = "scale",
 ) -> OutputDiff:
-    """Diff of one output array pair; shapes must match exactly (no broadcasting)."""
+    """Diff of one output array pair; shapes must match exactly (no broadcasting). Defaults to
+    the scale check."""
     ref, cand = np.asarray(reference), np.asarray(candidate)
     if ref.shape != cand.shape:
         raise OnnxotoError(
             f"output '{name}': shape {list(ref.shape)} in the reference but "
             f"{list(cand.shape)} in the candidate"
         )
-    max_abs, scale = _max_abs_and_scale(ref, cand)
-    if scale > 0 or math.isnan(scale):
-        max_rel = max_abs / scale
-    else:
-        max_rel = 0.0 if max_abs == 0 else math.inf
-    passed = math.isfinite(max_abs) and math.isfinite(scale) and max_abs <= atol + rtol * scale
-    return OutputDiff(
-        name=name,
-        max_abs=max_abs,
-        max_rel=max_rel,
-        ref_scale=scale,
-        passed=passed,
-        shape=tuple(int(d) for d in ref.shape),
-        rtol=rtol,
-        atol=atol,
-    )
-
-
-def _max_abs_and_scale(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    diff = OutputDiff(name=name, max_abs=0.0, max_rel=0.0, ref_scale=0.0, passed=True,
+                      shape=tuple(int(d) for d in ref.shape), rtol=rtol, atol=atol, check=check,
+                      elements=int(ref.size))
     if ref.size == 0:
-        return 0.0, 0.0
+        return diff
     if ref.dtype.kind not in "biuf" or cand.dtype.kind not in "biuf":
-        return (0.0 if np.array_equal(ref, cand) else math.inf), 0.0
+        same = np.array_equal(ref, cand)
+        diff.max_abs = diff.ratio = 0.0 if same else math.inf
+        diff.over = 0 if same else int(ref.size)
+        diff.passed = same
+        return diff
     ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        max_abs = float(np.max(np.abs(cand64 - ref64)))
-    return max_abs, float(np.max(np.abs(ref64)))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        abs_diff = np.abs(cand64 - ref64)
+        abs_ref = np.abs(ref64)
+        diff.max_abs = float(np.max(abs_diff))
+        diff.ref_scale = float(np.max(abs_ref))
+        if check == "elementwise":
+            _elementwise(diff, abs_diff, abs_ref)
+        else:
+            _scale(diff)
+    return diff
+
+
+def _scale(diff: OutputDiff) -> None:
+    scale, max_abs = diff.ref_scale, diff.max_abs
+    if scale > 0 or math.isnan(scale):
+        diff.max_rel = max_abs / scale
+    else:
+        diff.max_rel = 0.0 if max_abs == 0 else math.inf
+    finite = math.isfinite(max_abs) and math.isfinite(scale)
+    limit = diff.atol + diff.rtol * scale
+    diff.passed = finite and max_abs <= limit
+    if not finite:
+        diff.ratio = math.inf
+    elif limit == 0:
+        diff.ratio = 0.0 if max_abs == 0 else math.inf
+    else:
+        diff.ratio = max_abs / limit
+
+
+def _elementwise(diff: OutputDiff, abs_diff: np.ndarray, abs_ref: np.ndarray) -> None:
+    """Per element: over when ``|c - r| > atol + rtol * |r|`` or not finite; max_rel over the
+    elements with a nonzero reference."""
+    limit = diff.atol + diff.rtol * abs_ref
+    bad = ~(abs_diff <= limit) | ~np.isfinite(abs_ref)  # NaN compares False: counted over
+    diff.over = int(np.count_nonzero(bad))
+    diff.passed = diff.over == 0
+    nonzero = abs_ref > 0
+    diff.max_rel = float(np.max(abs_diff[nonzero] / abs_ref[nonzero])) if nonzero.any() else (
+        0.0 if diff.max_abs == 0 else math.inf)
+    ratios = abs_diff / limit  # x / 0 is inf, 0 / 0 is NaN: an exact zero is not over
+    ratios[abs_diff == 0] = 0.0
+    diff.ratio = float(np.nan_to_num(np.max(ratios), nan=np.inf))
 
 
 def _type_name(elem_type: int) -> str:
@@ -280,16 +387,6 @@ def _type_name(elem_type: int) -> str:
     if not elem_type:
         return "unknown"
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-
-
-def _badness(diff: OutputDiff) -> float:
-    """How far over its limit a diff is (> 1 fails); non-finite diffs are the worst."""
-    if not (math.isfinite(diff.max_abs) and math.isfinite(diff.ref_scale)):
-        return math.inf
-    limit = diff.atol + diff.rtol * diff.ref_scale
-    if limit == 0:
-        return 0.0 if diff.max_abs == 0 else math.inf
-    return diff.max_abs / limit
 
 
 def _finite_or_none(value: float) -> float | None:
