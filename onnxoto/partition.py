@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,22 +335,28 @@ def _check_shared(members: list[list[Member]], reasons: list[list[str]], tracer:
 
 
 def explain(result: Partition, name: str) -> str:
-    """Which groups an initializer or node belongs to, and why each is or is not prunable."""
+    """Which groups a node, initializer or tensor (a graph input, an activation, any node
+    output) belongs to, and why each is or is not prunable. Names are those of the canonical
+    graph. A name the graph does not have raises OnnxotoError naming the closest ones (legacy
+    exports call weights ``onnx::Conv_193``)."""
+    graph = result.view.model.graph
     hits = [g for g in result.groups
             if any(m.initializer == name or m.node == name for m in g.members)]
-    node = next((n for n in result.view.model.graph.node if n.name == name), None)
-    if node is not None:
-        for out in node.output:
-            space = result.spaces.get(out)
-            if space is not None:
-                for gid in np.unique(result.slot_group[space.slots]).tolist():
-                    if result.groups[gid] not in hits:
-                        hits.append(result.groups[gid])
+    node = next((n for n in graph.node if n.name == name), None)
+    for tensor in (node.output if node is not None else [name]):
+        space = result.spaces.get(tensor)
+        if space is not None:
+            for gid in np.unique(result.slot_group[space.slots]).tolist():
+                if result.groups[gid] not in hits:
+                    hits.append(result.groups[gid])
     if not hits:
-        known = name in result.view.constants or node is not None
-        if known:
+        names = _explainable_names(result)
+        if name in names:
             return f"'{name}' is in no group: no channel space passes through it."
-        raise OnnxotoError(f"'{name}' is neither a node nor an initializer of the model")
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise OnnxotoError(f"'{name}' is no node, initializer or tensor of the model{hint} "
+                           f"(names as in `onnxoto partition -o partition.json`)")
     lines = []
     for group in sorted(hits, key=lambda g: g.id):
         state = "prunable" if group.prunable else f"NOT prunable: {group.reason}"
@@ -359,6 +366,18 @@ def explain(result: Partition, name: str) -> str:
             lines.append(f" {mark} {m.role:<9} {m.initializer} axis {m.axis} "
                          f"{_describe_map(m.index_map)} (node {m.node})")
     return "\n".join(lines)
+
+
+def _explainable_names(result: Partition) -> list[str]:
+    """Every node name and tensor name of the canonical graph, in graph order."""
+    graph = result.view.model.graph
+    names = dict.fromkeys(t.name for t in graph.initializer)
+    names.update(dict.fromkeys(v.name for v in graph.input))
+    for node in graph.node:
+        names.update(dict.fromkeys([node.name, *node.input, *node.output]))
+    names.update(dict.fromkeys(result.view.constants))
+    names.pop("", None)
+    return list(names)
 
 
 def _describe_map(index_map: IndexMap) -> str:
