@@ -12,6 +12,7 @@ import torch
 
 from models.zoo import build
 from onnxoto.partition import partition
+from trainers.data import _AugmentedBatches
 from trainers.dhspg import (
     COMPILE_MIN_PARAMS,
     DHSPG,
@@ -211,3 +212,50 @@ def test_compile_decision():
     assert not on and "no C++ compiler" in reason
     assert compile_decision(small, requested=True, compiler="")[0] is True
     assert compile_decision(big, requested=False, compiler="/usr/bin/g++")[0] is False
+
+
+# --------------------------------------------------------------------------- bench-demonet driver
+
+
+def _fake_metrics(top1: float, macs: float, params: float) -> dict:
+    return {"accuracy": {"slim": top1}, "macs": {"slim_over_input": macs},
+            "params": {"slim_over_input": params}, "group_sparsity": 0.6, "wall_seconds": 9.0,
+            "driver_wall_s": 10.0}
+
+
+def test_demonet_official_payload(tmp_path, monkeypatch):
+    """Per seed baseline_top1, dhspg_top1, macs_pct, params_pct, wall_s; mean and SD of the
+    drop (in points) over seeds."""
+    import benchmarks.demonet_official as bench
+
+    tops = {(0, 0.0): 0.85, (0, 0.6): 0.84, (1, 0.0): 0.86, (1, 0.6): 0.83}
+    monkeypatch.setattr(bench, "_export", lambda folder, seed: tmp_path / f"m{seed}.onnx")
+    monkeypatch.setattr(bench, "_run", lambda model, args, seed, target, out, rules:
+                        _fake_metrics(tops[seed, target], 0.24, 0.2 if target else 1.0))
+    args = bench._parser().parse_args(["--seeds", "0", "1", "--out", str(tmp_path)])
+    payload = bench.seeds(args)
+    assert payload["seeds"]["1"] == {"baseline_top1": 86.0, "dhspg_top1": 83.0, "drop": 3.0,
+                                     "macs_pct": 24.0, "params_pct": 20.0, "group_sparsity": 0.6,
+                                     "wall_s": {"baseline": 10.0, "dhspg": 10.0}}
+    assert payload["mean_drop"] == 2.0 and payload["sd_drop"] == pytest.approx(1.414, abs=1e-3)
+    assert "mean drop 2.0" in bench._markdown(payload)
+
+
+def test_demonet_rules_reach_the_trainer_and_are_restored():
+    """The driver's rules replace the trainer's DHSPGOptions defaults (select once unless a rule
+    sets a period) and add the train augmentation to shuffled loaders only."""
+    import importlib
+
+    import benchmarks.demonet_official as bench
+
+    train = importlib.import_module("trainers.train.prepare")
+    before = train.DHSPGOptions, train.make_loader
+    x, y = np.zeros((4, 3, 32, 32), np.float32), np.arange(4)
+    with bench._rules(bench.RULES["old"]):
+        options = train.DHSPGOptions(lr=0.1, period=7, target_group_sparsity=0.5)
+        assert (options.period, options.score, options.release) == (100, "salience", False)
+        assert isinstance(train.make_loader(x, y, 2, True, 0).collate_fn, _AugmentedBatches)
+        assert not isinstance(train.make_loader(x, y, 2, False, 0).collate_fn, _AugmentedBatches)
+    with bench._rules(bench.RULES["official"]):
+        assert train.DHSPGOptions(period=7).period is None
+    assert (train.DHSPGOptions, train.make_loader) == before

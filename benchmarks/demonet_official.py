@@ -1,0 +1,197 @@
+"""OTOv2's DemoNet (3x32x32, models/zoo.py) on fashion-mnist-32 with DHSPG as OTOv2's code
+runs it: a baseline (target 0) and a DHSPG run per seed, or an A/B of rule sets on one seed.
+
+    python benchmarks/demonet_official.py [--seeds 0 1 2] [--limit-train 24000]
+        [--limit-test 5000] [--epochs 8] [--warmup-epochs 2] [--target 0.6] [--out DIR]
+    python benchmarks/demonet_official.py --ab [--seeds 0] ...   # official vs old rules
+
+Seeds write benchmarks/results/demonet_official.json (per seed baseline_top1, dhspg_top1,
+macs_pct, params_pct, wall_s; totals mean_drop, sd_drop); --ab writes demonet_ab.{json,md}.
+Top-1 is the slim ONNX model's on the test subset (onnxruntime CPU), in percent.
+
+The trainer's TrainOptions does not carry DHSPG's rule options (score, tolerance, release,
+lam_bracket) or the train augmentation yet: ``_rules`` hands them to the DHSPGOptions and
+make_loader of trainers/train/prepare.py for the duration of a run. The redundant set is chosen
+once, after the warm-up (OTOv2's tutorials start pruning after about a fifth of training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import markdown_table, write_results  # noqa: E402
+
+DATA = "fashion-mnist-32"
+# Rule sets for --ab: OTOv2's code (the defaults) and our earlier rules.
+RULES: dict[str, dict[str, Any]] = {
+    "official": {},
+    "old": dict(score="salience", tolerance=0.0, release=False, lam_bracket=True, period=100),
+}
+
+
+@contextlib.contextmanager
+def _rules(rules: dict[str, Any]) -> Iterator[None]:
+    """Run the trainer with ``rules`` over its DHSPGOptions (period None unless a rule sets it)
+    and the dataset's train augmentation in its shuffled loader."""
+    from trainers.data import make_loader, train_augment
+    from trainers.dhspg import DHSPGOptions
+
+    train = importlib.import_module("trainers.train.prepare")  # the package exports a prepare()
+
+    def options(**kw: Any) -> DHSPGOptions:
+        return DHSPGOptions(**{**kw, "period": None, **rules})
+
+    def loader(x, y, batch_size, shuffle, seed, **kw):
+        augment = train_augment(DATA) if shuffle else None
+        return make_loader(x, y, batch_size, shuffle, seed, augment=augment, **kw)
+
+    saved = train.DHSPGOptions, train.make_loader
+    train.DHSPGOptions, train.make_loader = options, loader
+    try:
+        yield
+    finally:
+        train.DHSPGOptions, train.make_loader = saved
+
+
+def _run(model: Path, args: argparse.Namespace, seed: int, target: float, out: Path,
+         rules: dict[str, Any]) -> dict[str, Any]:
+    """One trainer run (resumed if its folder holds a checkpoint, read back if finished)."""
+    from trainers.train import FILES, TrainOptions, run_dhspg
+
+    done = out / FILES["metrics"]
+    if done.is_file():
+        return json.loads(done.read_text())
+    options = TrainOptions(
+        data=DATA, target=target, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        lr_schedule="cosine", variant=args.variant, warmup_epochs=args.warmup_epochs,
+        epsilon=args.epsilon, limit_train=args.limit_train, limit_test=args.limit_test,
+        seed=seed, device="cpu", out=out, quiet=True,
+        resume=(out / FILES["checkpoint"]).is_file())
+    options.overwrite = not options.resume
+    started = time.perf_counter()
+    with _rules(rules):
+        metrics = run_dhspg(model, options, log=lambda line: print(f"[{out.name}] {line}",
+                                                                   flush=True))
+    metrics["driver_wall_s"] = time.perf_counter() - started
+    return metrics
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"top1": round(100 * metrics["accuracy"]["slim"], 2),
+            "macs_pct": round(100 * metrics["macs"]["slim_over_input"], 2),
+            "params_pct": round(100 * metrics["params"]["slim_over_input"], 2),
+            "group_sparsity": round(metrics["group_sparsity"], 4),
+            "wall_s": round(metrics.get("driver_wall_s", metrics["wall_seconds"]), 1)}
+
+
+def _export(folder: Path, seed: int) -> Path:
+    from models.export import export_onnx
+    from models.zoo import ZOO, build
+
+    path = folder / f"demonet_seed{seed}.onnx"
+    if not path.is_file():
+        export_onnx(build("demonet", seed=seed), ZOO["demonet"].input_shape, path)
+    return path
+
+
+def budget(args: argparse.Namespace) -> dict[str, Any]:
+    return {"data": DATA, "limit_train": args.limit_train, "limit_test": args.limit_test,
+            "epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
+            "batch_size": args.batch_size, "variant": args.variant, "lr": args.lr,
+            "lr_schedule": "cosine", "epsilon": args.epsilon, "target": args.target}
+
+
+def seeds(args: argparse.Namespace) -> dict[str, Any]:
+    """Baseline and official DHSPG per seed; the drop's mean and between-seed SD."""
+    rows = {}
+    for seed in args.seeds:
+        model = _export(args.out, seed)
+        base = _summary(_run(model, args, seed, 0.0, args.out / f"seed{seed}_baseline", {}))
+        run = _summary(_run(model, args, seed, args.target, args.out / f"seed{seed}_dhspg", {}))
+        rows[str(seed)] = {"baseline_top1": base["top1"], "dhspg_top1": run["top1"],
+                           "drop": round(base["top1"] - run["top1"], 2),
+                           "macs_pct": run["macs_pct"], "params_pct": run["params_pct"],
+                           "group_sparsity": run["group_sparsity"],
+                           "wall_s": {"baseline": base["wall_s"], "dhspg": run["wall_s"]}}
+    drops = [r["drop"] for r in rows.values()]
+    return {"budget": budget(args), "seeds": rows, "mean_drop": round(statistics.mean(drops), 3),
+            "sd_drop": round(statistics.stdev(drops), 3) if len(drops) > 1 else None}
+
+
+def ab(args: argparse.Namespace) -> dict[str, Any]:
+    """Each rule set of ``RULES`` on the first seed, against one baseline."""
+    seed = args.seeds[0]
+    model = _export(args.out, seed)
+    runs = {name: _summary(_run(model, args, seed, args.target,
+                                args.out / f"seed{seed}_{name}", rules))
+            for name, rules in RULES.items()}
+    base = _summary(_run(model, args, seed, 0.0, args.out / f"seed{seed}_baseline", {}))
+    return {"budget": budget(args), "seed": seed, "baseline": base, "runs": runs,
+            "rules": RULES}
+
+
+def _markdown(payload: dict[str, Any]) -> str:
+    text = "Budget: " + ", ".join(f"{k} {v}" for k, v in payload["budget"].items())
+    if "runs" in payload:
+        base = payload["baseline"]
+        rows = [["baseline (target 0)", base["top1"], "", base["macs_pct"], base["params_pct"],
+                 base["group_sparsity"], base["wall_s"]]]
+        rows += [[name, r["top1"], round(base["top1"] - r["top1"], 2), r["macs_pct"],
+                  r["params_pct"], r["group_sparsity"], r["wall_s"]]
+                 for name, r in payload["runs"].items()]
+        headers = ["rules", "top-1 %", "drop", "MACs %", "params %", "group sparsity",
+                   "wall s"]
+        return (f"DemoNet (OTOv2) A/B, seed {payload['seed']}. {text}\n\n"
+                + markdown_table(headers, rows))
+    rows = [[seed, r["baseline_top1"], r["dhspg_top1"], r["drop"], r["macs_pct"],
+             r["params_pct"], r["wall_s"]["baseline"], r["wall_s"]["dhspg"]]
+            for seed, r in payload["seeds"].items()]
+    headers = ["seed", "baseline top-1 %", "DHSPG top-1 %", "drop", "MACs %", "params %",
+               "baseline wall s", "DHSPG wall s"]
+    return (f"DemoNet (OTOv2), official DHSPG. {text}\n\n" + markdown_table(headers, rows)
+            + f"\n\nmean drop {payload['mean_drop']}, between-seed SD {payload['sd_drop']}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ab", action="store_true", help="official vs old rules, first seed")
+    parser.add_argument("--limit-train", type=int, default=24000)
+    parser.add_argument("--limit-test", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--variant", choices=["sgd", "adam"], default="adam")
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--epsilon", type=float, default=0.9)
+    parser.add_argument("--target", type=float, default=0.6)
+    parser.add_argument("--out", type=Path, default=Path("out/demonet_official"))
+    parser.add_argument("--results-name", default=None,
+                        help="results stem (default demonet_official, or demonet_ab with --ab)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = ab(args) if args.ab else seeds(args)
+    stem = args.results_name or ("demonet_ab" if args.ab else "demonet_official")
+    markdown = _markdown(payload)
+    write_results(stem, payload, markdown)
+    print(markdown)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
