@@ -320,13 +320,7 @@ def _write_split(model: onnx.ModelProto, staging: _Staging, location: str,
     """Stream large tensors into a staged data file; return the small header that points at
     them. Builds the header around references instead of copying the proto (a copy doubles
     memory for a 2 GB model)."""
-    header = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            _set_field(header, descriptor, value)
-    for descriptor, value in model.graph.ListFields():
-        if descriptor.name != "initializer":
-            _set_field(header.graph, descriptor, value)
+    header = without_initializers(model)
     sink = _Sink(staging.path("data"), mode)
     for tensor in model.graph.initializer:
         ref = header.graph.initializer.add()
@@ -345,6 +339,19 @@ def _write_split(model: onnx.ModelProto, staging: _Staging, location: str,
         sink.write(raw)
     sink.close()
     return header, sink
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with an empty initializer list, built field by field around them:
+    copying the whole proto and then clearing them doubles memory for a big model."""
+    out = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _set_field(out, descriptor, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name != "initializer":
+            _set_field(out.graph, descriptor, value)
+    return out
 
 
 def _set_field(target, descriptor, value) -> None:

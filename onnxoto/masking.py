@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxoto.files import without_initializers
 from onnxoto.groups import Group, Member
 
 
@@ -56,7 +57,7 @@ def zero_channels(
         for member in group.members:
             if member.role in roles:
                 removed.setdefault(member.initializer, []).append((member, channels))
-    out = _copy_without_initializers(model)
+    out = without_initializers(model)
     for tensor in model.graph.initializer:
         if tensor.name in removed:
             _write_zeroed(tensor, removed.pop(tensor.name), out.graph.initializer.add())
@@ -67,25 +68,6 @@ def zero_channels(
         for name, cuts in removed.items():
             _write_zeroed(protos[name], cuts, protos[name])
     return out
-
-
-def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
-    _copy_fields(model.graph, out.graph, skip="initializer")
-    return out
-
-
-def _copy_fields(source, target, *, skip: str) -> None:
-    for descriptor, value in source.ListFields():
-        if descriptor.name == skip:
-            continue
-        if descriptor.is_repeated:
-            getattr(target, descriptor.name).extend(value)
-        elif descriptor.message_type is not None:
-            getattr(target, descriptor.name).CopyFrom(value)
-        else:
-            setattr(target, descriptor.name, value)
 
 
 def _write_zeroed(tensor: onnx.TensorProto, cuts: list[tuple[Member, np.ndarray]],
