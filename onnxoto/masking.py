@@ -74,7 +74,7 @@ def _write_zeroed(tensor: onnx.TensorProto, cuts: list[tuple[Member, np.ndarray]
                   target: onnx.TensorProto) -> None:
     """``target`` (a fresh proto, or ``tensor`` itself) becomes ``tensor`` with the cut channels
     zeroed; filled field by field, since appending a finished proto copies its bytes again."""
-    array = np.array(numpy_helper.to_array(tensor))
+    array = np.array(numpy_helper.to_array(tensor))  # the proto's bytes die with the view
     for member, channels in cuts:
         index = [slice(None)] * array.ndim
         index[member.axis] = member.index_map.indices(channels)
@@ -84,7 +84,9 @@ def _write_zeroed(tensor: onnx.TensorProto, cuts: list[tuple[Member, np.ndarray]
         return
     target.name, target.data_type = tensor.name, tensor.data_type
     target.dims.extend(tensor.dims)
-    target.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    del array  # at most two copies of the tensor alive at once: bytes, then the proto's
+    target.raw_data = data
 
 
 def producer_norms(model: onnx.ModelProto, group: Group, *, order: int = 2) -> np.ndarray:
