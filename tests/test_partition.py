@@ -119,6 +119,20 @@ def test_vit_heads_and_mlp_hidden_are_groups_residual_stream_not(zoo_cache, expo
     assert "normalizes over the channel axis" in reasons
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_post_ln_bert_residual_stream_is_one_kept_group(zoo_cache, exporter):
+    """Post-LN: the embedding LayerNorm starts the stream, both layers' residual Adds join it:
+    one kept group, one line naming the LayerNorm; heads, FFN hidden and pooler stay groups."""
+    result = partition(zoo_cache("bert", exporter))
+    kept = [g for g in result.groups if not g.prunable]
+    stream = [g for g in kept if "LayerNormalization" in g.reason]
+    assert len(stream) == 1 and stream[0].size == 24
+    assert "residual stream" in stream[0].reason and "(and 4 more LayerNormalization)" in \
+        stream[0].reason
+    assert not any("does not follow" in g.reason for g in kept)
+    assert [g.size for g in result.prunable] == [3, 48, 3, 48, 24]
+
+
 def test_resnet50_partition(zoo_cache):
     result = partition(zoo_cache("resnet50"))
     # 1 stem + 16 blocks x 2 inner groups + 4 stage outputs (joined by the residual Adds) + fc

@@ -70,6 +70,31 @@ def test_layernorm_over_channels_last_is_not_prunable():
     assert gap_of(model, result.groups[0]) > 1e-3, "deleting a zero channel changes the stats"
 
 
+def test_post_ln_stream_is_one_kept_group_named_by_its_layernorms():
+    """Post-LN (BERT): the first LayerNorm reads no channels (embeddings), yet every residual
+    Add after it joins its stream: one kept group whose reason names the LayerNorm, not one
+    group per Add saying only that it cannot follow the other operand."""
+    g = GraphBuilder(seed=36)
+    x = g.input("x", [1, 6, 16])
+    stream = g.op("LayerNormalization", [x, g.weight("ln0.w", [16], low=0.5, high=1.5),
+                                         g.weight("ln0.b", [16])], name="ln0", axis=-1)
+    for i in (1, 2):
+        hidden = g.op("Relu", [g.matmul(stream, 32, name=f"up{i}")])
+        added = g.op("Add", [stream, g.matmul(hidden, 16, name=f"down{i}")], name=f"res{i}")
+        scale, shift = g.weight(f"ln{i}.w", [16], low=0.5, high=1.5), g.weight(f"ln{i}.b", [16])
+        stream = g.op("LayerNormalization", [added, scale, shift], name=f"ln{i}", axis=-1)
+    model = g.build([g.matmul(stream, 10, name="head")])
+    result = partition(model)
+    assert _sizes(result) == [(16, False), (32, True), (32, True), (10, False)]
+    kept = result.groups[0]
+    assert {"down1.weight", "down2.weight", "ln0.w", "ln2.b"} <= set(roles(kept))
+    assert kept.reason.startswith("LayerNormalization node 'ln0' normalizes over the channel "
+                                  "axis (its statistics count the channels), so the residual "
+                                  "stream it normalizes keeps its channels (and 2 more")
+    assert "Add" not in kept.reason
+    assert_invariant(model, result)
+
+
 def test_layernorm_over_spatial_axes_leaves_bias_dirt():
     """LayerNorm over H, W (axis=2) turns a zero channel into its bias, read by c2."""
     g = GraphBuilder(seed=34)

@@ -62,6 +62,6 @@ GROUP_COUNTS: dict[tuple[str, str], dict[str, int]] = {
                                   "prunable_channels": 12},
     ("groupnorm_net", "dynamo"): {"groups": 4, "prunable": 3, "channels": 22,
                                   "prunable_channels": 12},
-    ("bert", "legacy"): {"groups": 10, "prunable": 5, "channels": 224, "prunable_channels": 126},
-    ("bert", "dynamo"): {"groups": 10, "prunable": 5, "channels": 224, "prunable_channels": 126},
+    ("bert", "legacy"): {"groups": 7, "prunable": 5, "channels": 152, "prunable_channels": 126},
+    ("bert", "dynamo"): {"groups": 7, "prunable": 5, "channels": 152, "prunable_channels": 126},
 }

@@ -33,9 +33,26 @@ class ChannelMixingNormRule(Rule):
     """LayerNormalization over the channel axis counts the channels in its statistics, so
     deleting a zero channel changes every other channel: never zero-invariant. Over other axes
     a zero channel becomes its bias, which is not zero.
+
+    The normalized axis stays a (kept) space even where no channels came in (a post-LN
+    encoder's embedding LayerNorm): every projection added to the stream later joins it, so
+    the stream is one kept group whose reason names the LayerNorm, rather than one group per
+    residual Add that cannot say why.
     """
 
     op_types = ("LayerNormalization", "LpNormalization", "MeanVarianceNormalization")
+
+    def trace(self, node, ctx):
+        rank = ctx.rank(node.input[0])
+        if ctx.space(node.input[0]) is not None or node.op_type != "LayerNormalization" or \
+                rank is None:
+            super().trace(node, ctx)
+            return
+        first = normalize_axis(int(attrs(node).get("axis", -1)), rank)
+        size = (ctx.shape(node.input[0]) or [None])[-1]
+        if first != rank - 1 or not isinstance(size, int):
+            return
+        self.follow(node, ctx, ctx.new_space(size, first), rank)
 
     def follow(self, node, ctx, space, rank):
         if rank is None or node.op_type != "LayerNormalization":
@@ -44,7 +61,8 @@ class ChannelMixingNormRule(Rule):
         first = normalize_axis(int(attrs(node).get("axis", -1)), rank)
         if space.axis >= first:
             ctx.taint(space, f"{node_label(node)} normalizes over the channel axis (its "
-                             f"statistics count the channels)")
+                             f"statistics count the channels), so the residual stream it "
+                             f"normalizes keeps its channels")
             for name in node.input[1:3]:
                 if name:
                     ctx.const_member(name, space.axis - first, "attached", space.slots, node)
