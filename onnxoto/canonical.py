@@ -124,6 +124,24 @@ def canonicalize(model: onnx.ModelProto, *, where: str = "model",
     return model
 
 
+def folded(model: onnx.ModelProto, *, in_place: bool = False) -> onnx.ModelProto:
+    """``model`` with its computed constants folded, for counting: a Slice bound behind
+    Unsqueeze(Constant) would otherwise leave the shapes after it unknown and their MACs
+    uncounted. Shared weights are not split (each is stored once) and quantized graphs are
+    left as they are (folding DequantizeLinear would count int8 weights as floats).
+    ``in_place`` as in ``canonicalize``. Defaults to a copy when anything folds.
+    """
+    found = scan(model)
+    if not found.foldable or any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        return model
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    fold(model, found.foldable)
+    return model
+
+
 def fold(model: onnx.ModelProto, foldable: tuple[int, ...], *, where: str = "model") -> None:
     """Replace the ``foldable`` nodes by initializers of the values they compute, in place.
 

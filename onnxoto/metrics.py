@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxoto import runtime
+from onnxoto.canonical import folded
 from onnxoto.errors import OnnxotoError
 from onnxoto.files import model_files
 from onnxoto.graph import ModelLike, load_model, shape_map
@@ -88,8 +89,8 @@ def measure(model: ModelLike) -> ModelMetrics:
     ``file_bytes`` is the size on disk including external data for a path, else the serialized
     size of the proto.
     """
-    proto = load_model(model)
     on_disk = not isinstance(model, onnx.ModelProto)
+    proto = folded(load_model(model), in_place=on_disk)
     nodes = live_nodes(proto)
     params, param_bits = _count_params(proto, nodes)
     cost = _compute_cost(nodes, shape_map(proto))
