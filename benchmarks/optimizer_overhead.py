@@ -2,10 +2,12 @@
 
 Goal: DHSPG <= 1.15x SGD. Reported per batch size, twice: the optimizer step alone (where
 DHSPG's extra work lives) and a whole training step (forward + backward + optimizer), which is
-what a user waits for. Every optimizer trains its own copy of one model on the same inputs,
-interleaved step by step. DHSPG runs after warm-up in three settings: its redundant set
-re-selected every step (period 1, the worst case) and every 100 steps (the trainer's default),
-the latter also with its per-step sums compiled (``compile_stats``; compiled before timing).
+what a user waits for. The model is what ``onnxoto train`` trains: the partition's canonical
+graph (``result.model``, whose initializers the groups name) bound as an OnnxModule. Every
+optimizer trains its own copy of it on the same inputs, interleaved step by step. DHSPG runs
+after warm-up in three settings: its redundant set re-selected every step (period 1, the worst
+case) and every 100 steps (the trainer's default), the latter also with its per-step sums
+compiled (``compile_stats``; compiled before timing).
 
 Two phases of a run are timed. "pushing": fresh weights, the redundant ZIGs are being pushed
 towards zero (DHSPG sweeps its per-ZIG sums every step). "zeroed": half of the ZIGs are already
@@ -34,6 +36,7 @@ from benchmarks.common import markdown_table, write_results  # noqa: E402
 from models.export import export_onnx  # noqa: E402
 from models.zoo import ZOO, build  # noqa: E402
 from onnxoto.partition import partition  # noqa: E402
+from trainers.binding import OnnxModule  # noqa: E402
 from trainers.dhspg import DHSPG, DHSPGOptions  # noqa: E402
 from trainers.zig import build_zig_index  # noqa: E402
 
@@ -42,13 +45,13 @@ SETTINGS = {"dhspg period 1": dict(period=1), "dhspg period 100": dict(period=10
 TARGET = 0.5
 
 
-def _setups(model: torch.nn.Module, groups, phase: str) -> dict[str, tuple]:
+def _setups(model: OnnxModule, groups, phase: str) -> dict[str, tuple]:
     """name -> (model copy, its optimizer) for SGD and each DHSPG setting. For "zeroed", the
     same random half of the ZIGs is set to 0 in every copy first; DHSPG's first choice then
     takes exactly those (zero ZIGs always rank lowest), as after a run's pushing phase."""
     template = copy.deepcopy(model)
     if phase == "zeroed":
-        params = dict(template.named_parameters())
+        params = template.onnx_parameters()
         zig = build_zig_index(groups, params)
         chosen = torch.randperm(zig.num_groups, generator=torch.Generator().manual_seed(0))
         zero = torch.zeros(zig.num_groups, dtype=torch.bool)
@@ -60,7 +63,7 @@ def _setups(model: torch.nn.Module, groups, phase: str) -> dict[str, tuple]:
         if name == "sgd":
             setups[name] = (copy_, torch.optim.SGD(copy_.parameters(), lr=1e-3))
             continue
-        named = dict(copy_.named_parameters())
+        named = copy_.onnx_parameters()
         options = DHSPGOptions(lr=1e-3, target_group_sparsity=TARGET, warmup_steps=0,
                                **SETTINGS[name])
         setups[name] = (copy_, DHSPG(named, build_zig_index(groups, named), options))
@@ -108,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=["pushing", "zeroed"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model = build("resnet50").train()
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, ZOO["resnet50"].input_shape, Path(tmp) / "r50.onnx")
-        groups = partition(path).groups
+        path = export_onnx(build("resnet50"), ZOO["resnet50"].input_shape, Path(tmp) / "r50.onnx")
+        result = partition(path)
+    model, groups = OnnxModule(result.model).train(), result.groups
     first_ms: dict[str, float] = {}
     rows, zigs = [], 0
     for phase in args.phases:
