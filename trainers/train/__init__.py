@@ -17,7 +17,9 @@ CUDA) with a DistributedSampler; only rank 0 logs and writes files.
 
 Layout: ``options`` (TrainOptions, file names), ``prepare`` (world, device, data, module,
 optimizer), ``checkpoint`` (output folder, per-epoch checkpoints), ``loop`` (the epochs),
-``outputs`` (files and metrics at the end); ``run_dhspg`` here ties them together.
+``outputs`` (files and metrics at the end); ``run_dhspg`` here ties them together. The module,
+the groups, the optimizer and the model files come from ``trainers.api`` (``attach``,
+``Job.dhspg``, ``write_models``), the same code users' own loops run.
 """
 
 from __future__ import annotations

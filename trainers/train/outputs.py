@@ -12,20 +12,15 @@ import numpy as np
 import onnx
 import torch
 
-from onnxoto.errors import MismatchError, OnnxotoError
-from onnxoto.files import save_model, write_bytes_atomic
-from onnxoto.groups import save_masks
+from onnxoto.errors import OnnxotoError
+from onnxoto.files import write_bytes_atomic
 from onnxoto.masking import zero_channels
 from onnxoto.metrics import measure
 from onnxoto.runtime import session
-from onnxoto.shrink import ShrinkOptions, shrink
+from trainers.api import ValidationMismatch, write_models
 from trainers.binding import write_back
 from trainers.train.options import EVAL_BATCH, FILES, FORMAT, Log
 from trainers.train.prepare import Run
-
-
-class ValidationMismatch(MismatchError):
-    """The slim model does not compute what the trained model computes (CLI exit code 1)."""
 
 
 def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -90,15 +85,8 @@ def finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
     the log and recorded as ``target_reached``."""
     out = run.options.out
     trained = write_back(run.module, run.model)
-    written = save_model(trained, out / FILES["trained"])
-    masks = run.optimizer.zig.masks()
-    save_masks(out / FILES["masks"], masks, model_sha256=written.sha256)
-    result = shrink(trained, masks, options=ShrinkOptions(seed=run.options.seed),
-                    result=run.parts)
-    if not result.passed:
-        raise ValidationMismatch(f"slim model differs from the trained model: "
-                                 f"{result.comparison.summary().splitlines()[0]}")
-    save_model(result.model, out / FILES["slim"])
+    saved = write_models(trained, out, seed=run.options.seed, parts=run.parts)
+    masks, result = saved.masks, saved.result
     full_pred = onnx_predictions(trained, run.test.x)
     zeroed_pred = onnx_predictions(zero_channels(trained, run.parts.groups, result.masks),
                                    run.test.x)

@@ -18,12 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from onnxoto.errors import OnnxotoError
-from onnxoto.partition import Partition, partition
+from onnxoto.partition import Partition
+from trainers.api import attach
 from trainers.binding import OnnxModule
 from trainers.data import load_dataset, make_loader, source_name, take
 from trainers.dhspg import DHSPG, DHSPGOptions
 from trainers.train.options import DEVICES, EVAL_BATCH, TrainOptions
-from trainers.zig import build_zig_index
 
 
 @dataclass(frozen=True)
@@ -196,19 +196,12 @@ def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split, t
 
 
 def prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device) -> Run:
-    parts = partition(model_path)
-    model = parts.model  # the canonical graph: the groups name its initializers
-    if not parts.prunable:
-        reasons = parts.summary.get("top_reasons") or [{"reason": "none given"}]
-        raise OnnxotoError(f"'{model_path}': no prunable group, nothing for DHSPG to remove "
-                           f"(top reason: {reasons[0]['reason']}); see onnxoto partition")
-    module = OnnxModule(model)
+    job = attach(model_path)
+    parts, model, module = job.parts, job.parts.model, job.module
     train = Split.load(options.data, "train", options.limit_train)
     test = Split.load(options.data, "test", options.limit_test)
     _check_data_fits(module, model, train, test, options.data)
     module.to(device)
-    params = module.onnx_parameters()
-    zig = build_zig_index(parts.groups, params)
     train_loader = make_loader(train.x, train.y, options.batch_size, True, options.seed,
                                distributed=world.distributed)
     steps_per_epoch = len(train_loader)
@@ -223,7 +216,7 @@ def prepare(model_path: Path, options: TrainOptions, world: World, device: torch
             compile_stats=options.compile_stats)
     except ValueError as exc:
         raise OnnxotoError(str(exc)) from exc
-    optimizer = DHSPG(params, zig, dhspg_options)
+    optimizer = job.dhspg(options.lr, options.target, options=dhspg_options)
     net: torch.nn.Module = module
     if world.distributed:
         net = DistributedDataParallel(
