@@ -17,7 +17,9 @@ import numpy as np
 
 from onnxoto.errors import OnnxotoError, one_line
 
-FORMAT = "onnxoto.partition/1"
+FORMAT = "onnxoto.partition/2"
+# Version 1 stored a group's reasons as one "; "-joined string; still read, as a one-item list.
+READ_FORMATS = ("onnxoto.partition/1", FORMAT)
 ROLES = ("producer", "attached", "consumer")
 
 
@@ -110,15 +112,34 @@ class Member:
         )
 
 
-@dataclass
+@dataclass(init=False)
 class Group:
-    """Channels that live or die together; prunable only if deleting them provably is safe."""
+    """Channels that live or die together; prunable only if deleting them provably is safe.
+
+    ``reasons`` lists why not, one line per kind of reason (a list, so tools count and filter
+    them without splitting prose). ``reason=`` (keyword) is the version-1 string, whose lines were
+    joined by "; ", split back into the list so version-1 files and older callers keep working.
+    """
 
     id: int
     size: int
     prunable: bool
-    reason: str | None
+    reasons: list[str]
     members: list[Member]
+
+    def __init__(self, id: int, size: int, prunable: bool,
+                 reasons: Iterable[str] | str | None = None, members: Iterable[Member] = (),
+                 *, reason: str | None = None) -> None:
+        if isinstance(reasons, str):
+            reasons = [reasons]
+        self.id, self.size, self.prunable = id, size, prunable
+        self.reasons = list(reasons or (reason.split("; ") if reason else []))
+        self.members = list(members)
+
+    @property
+    def reason(self) -> str | None:
+        """The reasons as one line (for messages), None when there are none."""
+        return "; ".join(self.reasons) or None
 
     def by_role(self, role: str) -> list[Member]:
         return [m for m in self.members if m.role == role]
@@ -128,16 +149,18 @@ class Group:
             "id": self.id,
             "size": self.size,
             "prunable": self.prunable,
-            "reason": self.reason,
+            "reasons": list(self.reasons),
             "members": [m.to_dict() for m in self.members],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Group:
+        """Reads both formats: version 2's ``reasons`` list and version 1's ``reason`` string."""
         return cls(
             id=int(data["id"]),
             size=int(data["size"]),
             prunable=bool(data["prunable"]),
+            reasons=data.get("reasons"),
             reason=data.get("reason"),
             members=[Member.from_dict(m) for m in data["members"]],
         )
@@ -171,8 +194,8 @@ def summarize(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) -> dict
     in_groups = params_covered(prunable, sizes)
     reasons: dict[str, int] = {}
     for group in groups:
-        if not group.prunable and group.reason:
-            key = group.reason.split("; ")[0]
+        if not group.prunable and group.reasons:
+            key = group.reasons[0]
             reasons[key] = reasons.get(key, 0) + 1
     top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     return {
@@ -210,8 +233,9 @@ def groups_from_json(text: str, *, source: str = "partition.json") -> tuple[list
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise OnnxotoError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from exc
-    if doc.get("format") != FORMAT:
-        raise OnnxotoError(f"{source}: format is {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("format") not in READ_FORMATS:
+        raise OnnxotoError(f"{source}: format is {doc.get('format')!r}, expected {FORMAT!r} "
+                           f"(or version 1); re-run `onnxoto partition` with this onnxoto")
     return [Group.from_dict(g) for g in doc["groups"]], dict(doc.get("model", {}))
 
 

@@ -201,7 +201,7 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
             _add_reason(reasons[gid], tracer.note("no producer weights (nothing can zero "
                                                   "these channels)", "no producer weights"))
         groups.append(Group(id=gid, size=size, prunable=not reasons[gid],
-                            reason=_one_line_per_kind(reasons[gid], tracer.kinds) or None,
+                            reasons=_one_line_per_kind(reasons[gid], tracer.kinds),
                             members=members[gid]))
     shapes = {name: tuple(v.shape) for name, v in tracer.view.constants.items()
               if name in tracer.view.initializers or name in tracer.view.constant_nodes}
@@ -212,16 +212,14 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
     return result
 
 
-def _one_line_per_kind(reasons: list[str], kinds: dict[str, str], *, shown: int = 3) -> str:
+def _one_line_per_kind(reasons: list[str], kinds: dict[str, str]) -> list[str]:
     """A group's reasons, one per kind: five LayerNorms reading one residual stream are one
     line naming the first, not five (nor one per Add the stream passes)."""
     by_kind: dict[str, list[str]] = {}
     for text in reasons:
         by_kind.setdefault(kinds.get(text, "other"), []).append(text)
-    lines = [texts[0] + (f" (and {len(texts) - 1} more {kind})" if len(texts) > 1 else "")
-             for kind, texts in by_kind.items()]
-    more = f" (and {len(lines) - shown} more kinds of reason)" if len(lines) > shown else ""
-    return "; ".join(lines[:shown]) + more
+    return [texts[0] + (f" (and {len(texts) - 1} more {kind})" if len(texts) > 1 else "")
+            for kind, texts in by_kind.items()]
 
 
 def _coverage_signatures(tracer: Tracer, roots: np.ndarray) -> np.ndarray:

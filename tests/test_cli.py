@@ -100,7 +100,7 @@ def test_partition_writes_json_and_explains(mlp, tmp_path):
     assert result.exit_code == 0, result.output
     assert "prunable groups" in result.output
     doc = json.loads(out.read_text())
-    assert doc["format"] == "onnxoto.partition/1"
+    assert doc["format"] == "onnxoto.partition/2"
     assert [g["size"] for g in doc["groups"] if g["prunable"]] == [40, 20]
     summary = json.loads(run("partition", mlp, "--json").output)
     assert summary["prunable"] == 2

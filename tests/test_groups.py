@@ -168,7 +168,7 @@ def test_partition_json_is_readable_by_a_person():
     import json
 
     doc = json.loads(partition(_model()).to_json())
-    assert doc["format"] == "onnxoto.partition/1"
+    assert doc["format"] == "onnxoto.partition/2"
     member = doc["groups"][0]["members"][0]
     assert {"initializer", "axis", "role", "offset", "block", "stride", "step"} <= set(member)
     assert doc["summary"]["groups"] == len(doc["groups"]) == 3
@@ -177,12 +177,48 @@ def test_partition_json_is_readable_by_a_person():
 
 @pytest.mark.parametrize(("text", "needle"), [
     ("{not json", "not JSON"),
-    ('{"format": "other/1", "groups": []}', "expected 'onnxoto.partition/1'"),
+    ('{"format": "other/1", "groups": []}', "expected 'onnxoto.partition/2' (or version 1)"),
 ])
 def test_bad_partition_json_raises(text, needle):
     with pytest.raises(OnnxotoError, match="p.json") as info:
         groups_from_json(text, source="p.json")
     assert needle in str(info.value)
+
+
+# Written by the version-1 writer (`git show fe293d8:onnxoto/groups.py`): reasons joined by "; ".
+V1_FILE = (
+    '{"format":"onnxoto.partition/1","model":{"path":"m.onnx","sha256":"ab"},"groups":[{"id":0,'
+    '"size":4,"prunable":true,"reason":null,"members":[{"initializer":"c1.weight","axis":0,'
+    '"role":"producer","offset":0,"block":1,"stride":1,"step":1,"node":"c1"},{"initializer":'
+    '"fc.weight","axis":0,"role":"consumer","offset":0,"block":4,"stride":1,"step":4,"node":'
+    '"fc"}]},{"id":1,"size":3,"prunable":false,"reason":"channels reach graph output \'y\'; '
+    'Gemm node \'fc\' has a bias C that is not one value per feature","members":[{"initializer":'
+    '"fc.weight","axis":1,"role":"producer","offset":0,"block":1,"stride":1,"step":1,"node":'
+    '"fc"}]}],"summary":{"groups":2,"prunable":1,"channels":7,"prunable_channels":4,"params":60,'
+    '"params_in_groups":60,"params_in_groups_share":1.0,"top_reasons":[{"reason":"channels '
+    'reach graph output \'y\'","groups":1}]}}')
+
+
+def test_version_1_partition_json_reads_its_reasons_as_a_list():
+    import json
+
+    groups, model = groups_from_json(V1_FILE)
+    assert model == {"path": "m.onnx", "sha256": "ab"}
+    assert groups[0].reasons == [] and groups[0].reason is None
+    assert groups[1].reasons == ["channels reach graph output 'y'",
+                                 "Gemm node 'fc' has a bias C that is not one value per feature"]
+    assert groups[1].members[0] == Member("fc.weight", 1, "producer", IndexMap(), "fc")
+    doc = json.loads(partition_to_json(groups, model, {}))
+    assert doc["format"] == "onnxoto.partition/2"
+    assert doc["groups"][1]["reasons"] == groups[1].reasons and "reason" not in doc["groups"][1]
+
+
+def test_reasons_are_a_list_one_per_kind():
+    result = partition(_model())
+    blocked = [g for g in result.groups if not g.prunable]
+    assert blocked and all(isinstance(g.reasons, list) and g.reasons for g in blocked)
+    assert all(g.reason == "; ".join(g.reasons) for g in blocked)
+    assert all(g.reasons == [] and g.reason is None for g in result.prunable)
 
 
 def test_explain_names_groups_members_and_reasons():
@@ -192,5 +228,5 @@ def test_explain_names_groups_members_and_reasons():
     assert "* attached  bn1.running_var axis 0" in text
     last = explain(result, "fc")
     assert "NOT prunable: channels reach graph output 'fc_out'" in last
-    with pytest.raises(OnnxotoError, match="neither a node nor an initializer"):
+    with pytest.raises(OnnxotoError, match="is no node, initializer or tensor of the model"):
         explain(result, "nope")
