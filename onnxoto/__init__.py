@@ -35,6 +35,8 @@ _LAZY = {
     "Partition": ("onnxoto.partition", "Partition"),
     "explain": ("onnxoto.partition", "explain"),
     "partition": ("onnxoto.partition", "partition"),
+    "Rule": ("onnxoto.rules.base", "Rule"),
+    "register_rule": ("onnxoto.rules", "register_rule"),
     "ShrinkOptions": ("onnxoto.shrink", "ShrinkOptions"),
     "ShrinkResult": ("onnxoto.shrink", "ShrinkResult"),
     "save_model": ("onnxoto.shrink", "save_model"),
@@ -46,8 +48,8 @@ _LAZY = {
 
 __all__ = [
     "Comparison", "OnnxotoError", "Partition", "ShrinkOptions", "ShrinkResult", "compare",
-    "explain", "load_model", "measure", "measure_latency", "partition", "report", "save_model",
-    "shrink", "validate",
+    "Rule", "explain", "load_model", "measure", "measure_latency", "partition", "register_rule",
+    "report", "save_model", "shrink", "validate",
 ]
 
 

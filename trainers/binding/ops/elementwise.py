@@ -42,6 +42,11 @@ _ELEMENTWISE: dict[str, Callable[..., Tensor]] = {
     "HardSwish": F.hardswish,
     "Sin": torch.sin,
     "Cos": torch.cos,
+    "Tan": torch.tan,
+    "Atan": torch.atan,
+    "Sinh": torch.sinh,
+    "Cosh": torch.cosh,
+    "Asinh": torch.asinh,
     "Add": torch.add,
     "Sub": torch.sub,
     "Mul": torch.mul,
@@ -95,6 +100,19 @@ def _prelu(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]) -> list
 @op("Elu")
 def _elu(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]) -> list[Tensor]:
     return [F.elu(inputs[0], node.attr("alpha", 1.0))]
+
+
+@op("Celu")
+def _celu(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]) -> list[Tensor]:
+    return [F.celu(inputs[0], node.attr("alpha", 1.0))]
+
+
+@op("ThresholdedRelu")
+def _thresholded_relu(
+    ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]
+) -> list[Tensor]:
+    x = inputs[0]
+    return [torch.where(x > node.attr("alpha", 1.0), x, torch.zeros_like(x))]
 
 
 @op("Selu")

@@ -172,6 +172,42 @@ def _global_max_pool(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None
     return [x.amax(dim=tuple(range(2, x.dim())), keepdim=True)]
 
 
+@op("GlobalLpPool")
+def _global_lp_pool(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]) -> list[Tensor]:
+    x = inputs[0]
+    dims = tuple(range(2, x.dim()))
+    return [torch.linalg.vector_norm(x, node.attr("p", 2), dims, keepdim=True)]
+
+
+@op("LpNormalization")
+def _lp_normalization(
+    ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]
+) -> list[Tensor]:
+    x = inputs[0]
+    norm = torch.linalg.vector_norm(x, node.attr("p", 2), node.attr("axis", -1), keepdim=True)
+    return [x / norm]
+
+
+@op("MeanVarianceNormalization")
+def _mean_variance_normalization(
+    ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]
+) -> list[Tensor]:
+    """ONNX's function body: (x - mean) / (sqrt(E[x^2] - mean^2) + 1e-9) over ``axes``."""
+    x = inputs[0]
+    axes = tuple(node.attr("axes", [0, 2, 3]))
+    mean = x.mean(axes, keepdim=True)
+    std = ((x * x).mean(axes, keepdim=True) - mean * mean).sqrt()
+    return [(x - mean) / (std + 1e-9)]
+
+
+@op("Hardmax", static=None)
+def _hardmax(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]) -> list[Tensor]:
+    x = inputs[0]
+    axis = positive_axis(node.attr("axis", -1), x.dim())
+    hot = F.one_hot(x.argmax(axis), x.shape[axis]).to(x.dtype)
+    return [hot.movedim(-1, axis)]
+
+
 @op("BatchNormalization", static=(3, 4))
 def _batch_norm(ctx: RunContext, node: OnnxNode, inputs: list[Tensor | None]) -> list[Tensor]:
     """Train mode: batch statistics, running stats updated in place like torch.
