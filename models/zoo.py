@@ -734,6 +734,53 @@ class TinyBert(nn.Module):
         return self.classifier(torch.tanh(self.pooler(h[:, 0])))
 
 
+# --------------------------------------------------------------------------- If subgraph
+
+
+def _doubled(t: torch.Tensor) -> torch.Tensor:
+    return t * 2.0
+
+
+def _negated(t: torch.Tensor) -> torch.Tensor:
+    return -t
+
+
+@torch.jit.script
+def _scripted_branch(t: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    if bool(flag):
+        return t * 2.0
+    return -t
+
+
+class IfNet(nn.Module):
+    """Two conv-BN-ReLU, a data-dependent branch on the second's channels (doubled if the
+    input's mean is positive, else negated), conv-BN-ReLU, pool, Linear.
+
+    The branch is an ONNX ``If`` whose bodies read the second conv's channels from the outer
+    scope, so those channels must stay whole while the others remain prunable. The dynamo
+    exporter records ``torch.cond``; the legacy tracer records a scripted ``if`` (it cannot
+    trace ``torch.cond``, and torch.export cannot read a scripted function), hence the switch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(3, 8)
+        self.conv2, self.bn2 = _conv_bn(8, 16)
+        self.conv3, self.bn3 = _conv_bn(16, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        flag = x.mean() > 0
+        if torch.compiler.is_compiling():
+            h = torch.cond(flag, _doubled, _negated, (h,))
+        else:
+            h = _scripted_branch(h, flag)
+        h = F.relu(self.bn3(self.conv3(h)))
+        return self.fc(h.mean((2, 3)))
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -781,6 +828,7 @@ _ENTRIES = [
     _entry("ghostnet", GhostNet, (1, 3, 16, 16)),
     _entry("groupnorm_net", GroupNormNet, (1, 3, 16, 16)),
     _entry("bert", TinyBert, (1, 8)),
+    _entry("ifnet", IfNet, (1, 3, 16, 16)),
 ]
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}

@@ -638,7 +638,15 @@ def zoo_exports(zoo_cache):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", light_names())
+def test_zoo_if_model_is_refused_in_one_line(zoo_exports, exporter: str) -> None:
+    """The binding runs no If/Loop/Scan bodies (their groups are kept anyway): ifnet is
+    refused naming the If node, not run wrongly."""
+    with pytest.raises(UnsupportedOp, match="op 'If' .* not supported by the torch binding"):
+        OnnxModule(zoo_exports("ifnet", exporter))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", [n for n in light_names() if n != "ifnet"])
 def test_zoo_model_runs_like_onnxruntime_and_trains(zoo_exports, name: str, exporter: str) -> None:
     proto = zoo_exports(name, exporter)
     x = torch.randn(ZOO[name].input_shape, generator=torch.Generator().manual_seed(4))

@@ -37,6 +37,7 @@ EXPECTED_NAMES = {
     "ghostnet",
     "groupnorm_net",
     "bert",
+    "ifnet",
 }
 LIGHT = light_names()
 TABLE = "tests/zoo_expectations.py"
@@ -106,6 +107,19 @@ def test_measure_counts_the_folded_graph(zoo_cache, exporter):
     raw = measure(path)
     assert raw.macs == measure(partition(path).model).macs == 160_160
     assert raw.unknown_macs_nodes == []
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_ifnet_exports_an_if_that_takes_both_branches(zoo_pair, exporter):
+    model, path = zoo_pair("ifnet", exporter)
+    assert _op_counts(onnx.load(str(path)))["If"] == 1
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(ZOO["ifnet"].input_shape, generator=torch.Generator().manual_seed(5))
+    for sign in (1.0, -1.0):  # input mean > 0 doubles, < 0 negates
+        with torch.no_grad():
+            expected = model(sign * x).numpy()
+        (got,) = sess.run(None, {sess.get_inputs()[0].name: (sign * x).numpy()})
+        _assert_close(expected, got)
 
 
 def test_build_is_deterministic_and_seeded():

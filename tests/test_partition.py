@@ -133,6 +133,18 @@ def test_post_ln_bert_residual_stream_is_one_kept_group(zoo_cache, exporter):
     assert [g.size for g in result.prunable] == [3, 48, 3, 48, 24]
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_ifnet_bars_the_channels_its_branches_read(zoo_cache, exporter):
+    """The If bodies read conv2's channels from the outer scope: that group is kept, naming
+    the If; conv1's (read by conv2 only) and conv3's (after the If) stay prunable."""
+    result = partition(zoo_cache("ifnet", exporter))
+    assert [(g.size, g.prunable) for g in result.groups] == [(8, True), (16, False),
+                                                            (16, True), (10, False)]
+    read = result.groups[1]
+    assert read.reason.startswith("If node '")  # the If is the only reason
+    assert read.reason.endswith("inside its subgraph; its channels are kept")
+
+
 def test_resnet50_partition(zoo_cache):
     result = partition(zoo_cache("resnet50"))
     # 1 stem + 16 blocks x 2 inner groups + 4 stage outputs (joined by the residual Adds) + fc

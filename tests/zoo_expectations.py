@@ -64,4 +64,6 @@ GROUP_COUNTS: dict[tuple[str, str], dict[str, int]] = {
                                   "prunable_channels": 12},
     ("bert", "legacy"): {"groups": 7, "prunable": 5, "channels": 152, "prunable_channels": 126},
     ("bert", "dynamo"): {"groups": 7, "prunable": 5, "channels": 152, "prunable_channels": 126},
+    ("ifnet", "legacy"): {"groups": 4, "prunable": 2, "channels": 50, "prunable_channels": 24},
+    ("ifnet", "dynamo"): {"groups": 4, "prunable": 2, "channels": 50, "prunable_channels": 24},
 }
