@@ -26,30 +26,7 @@ from trainers.api import FILES  # noqa: E402
 from trainers.dhspg import DHSPGOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# The lead adds these markers around README's "your own loop" code; until then the same code is
-# read from OWN_LOOP below.
 README_MARKERS = ("<!-- own-loop -->", "<!-- /own-loop -->")
-OWN_LOOP = '''
-```python
-import torch
-import trainers
-
-model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
-                            torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10))
-x = torch.randn(64, 1, 8, 8)
-y = torch.randint(0, 10, (64,))
-job = trainers.attach(model, example_inputs=x[:1])
-# OTOv2's defaults need many epochs; a strong push (lam) and early projection (epsilon) prune here
-opt = job.dhspg(lr=0.1, target=0.5, options=trainers.DHSPGOptions(lam=1.0, epsilon=0.9))
-for epoch in range(3):
-    for i in range(0, 64, 16):
-        loss = torch.nn.functional.cross_entropy(job.module(x[i:i + 16]), y[i:i + 16])
-        loss.backward(); opt.step(); opt.zero_grad()
-metrics = job.save(out)  # trained.onnx, masks.npz, slim.onnx (validated), metrics.json
-print(f"params {metrics['params']['slim_over_input']:.0%}, "
-      f"MACs {metrics['macs']['slim_over_input']:.0%}")
-```
-'''
 # Prunes within a few steps: a strong push, projected early.
 FAST = DHSPGOptions(epsilon=0.9, lam=1.0)
 
@@ -57,12 +34,14 @@ FAST = DHSPGOptions(epsilon=0.9, lam=1.0)
 def _own_loop_code() -> str:
     readme = (ROOT / "README.md").read_text()
     start, end = README_MARKERS
-    text = readme[readme.index(start):readme.index(end)] if start in readme else OWN_LOOP
+    assert start in readme and end in readme, "README.md lost its own-loop markers"
+    text = readme[readme.index(start):readme.index(end)]
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_readme_own_loop_runs(tmp_path):
-    namespace = {"out": tmp_path / "out"}
+def test_readme_own_loop_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README saves to "out/"
+    namespace: dict = {}
     torch.manual_seed(0)
     exec(compile(_own_loop_code(), "README own-loop", "exec"), namespace)
     for name in FILES.values():
