@@ -20,6 +20,7 @@ from onnxoto.groups import load_masks
 from onnxoto.masking import masks_from_zeros
 from onnxoto.partition import partition
 from trainers.__main__ import main
+from trainers.dhspg import DHSPGOptions
 from trainers.train import (
     FILES,
     TrainOptions,
@@ -30,8 +31,10 @@ from trainers.train import (
     unpack_correct,
 )
 
-TINY = dict(epochs=2, batch_size=32, warmup_epochs=0, period_steps=4, target=0.5, epsilon=0.9,
-            quiet=True)
+# OTOv2 chooses the redundant set once (a period longer than the run); lam 1: its lambda rule
+# does not force a shrink: sgd's lam 1e-3 zeroes nothing in these few steps
+TINY = dict(epochs=2, batch_size=32, warmup_epochs=0, period_steps=10**6, target=0.5, epsilon=0.9,
+            lam=1.0, quiet=True)
 
 
 def _synthetic(folder, shape=(1, 28, 28), train=256, test=64):
@@ -102,7 +105,8 @@ def test_slim_matches_trained_and_is_smaller(digits_run, mlpnet):
     x, y = load_dataset("mnist", split="test", limit=metrics["options"]["limit_test"])
     assert acc["trained"] > float((onnx_predictions(onnx.load(str(mlpnet)), x) == y).mean())
     last = metrics["history"][-1]
-    assert last["redundant_count"] == round(TINY["target"] * last["num_zigs"])
+    share = TINY["target"] + DHSPGOptions().tolerance  # OTOv2's redundant set, one kept a group
+    assert TINY["target"] * last["num_zigs"] <= last["redundant_count"] <= share * last["num_zigs"]
     assert 0 < metrics["group_sparsity"] <= last["redundant_count"] / last["num_zigs"]
     assert metrics["group_sparsity"] == metrics["channels"]["removed"] / last["num_zigs"]
     sparsity = [h["group_sparsity"] for h in metrics["history"]]
@@ -189,10 +193,10 @@ def test_momentum_and_weight_decay_reach_the_optimizer(mlpnet, synthetic, tmp_pa
 
 def test_lam_options_reach_dhspg(mlpnet, synthetic, tmp_path):
     """--lam/--lam-amplify/--lam-hat set DHSPG's push; a push barely above the least one that
-    shrinks a group (amplify near 1) zeroes fewer groups in one epoch."""
+    shrinks a group (amplify near 1) zeroes fewer groups in one epoch than a strong one."""
     args = ["--data", synthetic, "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",
-            "--period-steps", "4", "--target", "0.5", "--epsilon", "0", "--quiet", "--json"]
-    default = _cli(["dhspg", mlpnet, *args, "-o", tmp_path / "default"])
+            "--period-steps", "1000000", "--target", "0.5", "--epsilon", "0", "--quiet", "--json"]
+    default = _cli(["dhspg", mlpnet, *args, "--lam", "1", "-o", tmp_path / "default"])
     gentle = _cli(["dhspg", mlpnet, *args, "--lam", "1e-5", "--lam-amplify", "1.05",
                    "--lam-hat", "1e6", "-o", tmp_path / "gentle"])
     assert default.exit_code == 0 and gentle.exit_code == 0, gentle.output
@@ -200,7 +204,7 @@ def test_lam_options_reach_dhspg(mlpnet, synthetic, tmp_path):
             for run in ("default", "gentle"))
     assert (b["options"]["lam"], b["options"]["lam_amplify"], b["options"]["lam_hat"]) == (
         1e-5, 1.05, 1e6)
-    assert a["options"]["lam"] is None
+    assert a["options"]["lam"] == 1.0
     assert b["group_sparsity"] < a["group_sparsity"]
     bad = _cli(["dhspg", mlpnet, *args, "--lam-hat", "0.5", "-o", tmp_path / "bad"])
     assert bad.exit_code == 2 and "--lam-hat" in bad.output
@@ -223,7 +227,8 @@ def test_reselect_flag_reaches_dhspg(mlpnet, synthetic, tmp_path):
 def test_compile_flag_trains_to_the_same_sparsity(mlpnet, synthetic, tmp_path):
     """--compile only changes how DHSPG's sums are computed (rounding), not the algorithm."""
     args = ["--data", synthetic, "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",
-            "--period-steps", "4", "--target", "0.5", "--epsilon", "0.9", "--quiet", "--json"]
+            "--period-steps", "1000000", "--target", "0.5", "--epsilon", "0.9", "--lam", "1",
+            "--quiet", "--json"]
     plain = _cli(["dhspg", mlpnet, *args, "-o", tmp_path / "plain"])
     fused = _cli(["dhspg", mlpnet, *args, "--compile", "-o", tmp_path / "fused"])
     assert plain.exit_code == 0 and fused.exit_code == 0, fused.output
