@@ -10,9 +10,9 @@ macs_pct, params_pct, wall_s; totals mean_drop, sd_drop); --ab writes demonet_ab
 Top-1 is the slim ONNX model's on the test subset (onnxruntime CPU), in percent.
 
 The trainer's TrainOptions does not carry DHSPG's rule options (score, tolerance, release,
-lam_bracket) or the train augmentation yet: ``_rules`` hands them to the DHSPGOptions and
-make_loader of trainers/train/prepare.py for the duration of a run. The redundant set is chosen
-once, after the warm-up (OTOv2's tutorials start pruning after about a fifth of training).
+lam_bracket): ``_rules`` hands them to the DHSPGOptions of trainers/train/prepare.py for the
+duration of a run. The redundant set is chosen once, after the warm-up (OTOv2's tutorials start
+pruning after about a fifth of training); the trainer applies fashion-mnist-32's augmentation.
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ RULES: dict[str, dict[str, Any]] = {
 
 @contextlib.contextmanager
 def _rules(rules: dict[str, Any]) -> Iterator[None]:
-    """Run the trainer with ``rules`` over its DHSPGOptions (period None unless a rule sets it)
-    and the dataset's train augmentation in its shuffled loader."""
-    from trainers.data import make_loader, train_augment
+    """Run the trainer with ``rules`` over its DHSPGOptions (period None unless a rule sets it)."""
     from trainers.dhspg import DHSPGOptions
 
     train = importlib.import_module("trainers.train.prepare")  # the package exports a prepare()
@@ -52,16 +50,12 @@ def _rules(rules: dict[str, Any]) -> Iterator[None]:
     def options(**kw: Any) -> DHSPGOptions:
         return DHSPGOptions(**{**kw, "period": None, **rules})
 
-    def loader(x, y, batch_size, shuffle, seed, **kw):
-        augment = train_augment(DATA) if shuffle else None
-        return make_loader(x, y, batch_size, shuffle, seed, augment=augment, **kw)
-
-    saved = train.DHSPGOptions, train.make_loader
-    train.DHSPGOptions, train.make_loader = options, loader
+    saved = train.DHSPGOptions
+    train.DHSPGOptions = options
     try:
         yield
     finally:
-        train.DHSPGOptions, train.make_loader = saved
+        train.DHSPGOptions = saved
 
 
 def _run(model: Path, args: argparse.Namespace, seed: int, target: float, out: Path,

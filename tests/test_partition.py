@@ -159,7 +159,7 @@ def test_explain_names_group_and_reason(zoo_cache):
     assert "group 1 (20 channels): prunable" in text
     text = explain(result, "5.bias")
     assert "NOT prunable" in text and "graph output" in text
-    with pytest.raises(OnnxotoError, match="neither a node nor an initializer"):
+    with pytest.raises(OnnxotoError, match="is no node, initializer or tensor"):
         explain(result, "no_such_thing")
 
 

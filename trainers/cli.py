@@ -106,11 +106,12 @@ def main() -> None:
               show_default=True, help="L2 penalty added to the gradient.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=DEFAULTS.warmup_epochs,
               show_default=True, help="Plain steps before any group is pushed to zero.")
-@click.option("--period-steps", type=click.IntRange(min=1), default=DEFAULTS.period_steps,
-              show_default=True, help="Steps between choosing redundant groups.")
+@click.option("--period-steps", type=click.IntRange(min=1), default=None,
+              help="Re-choose the redundant groups every N steps (our extension) [default: "
+                   "choose once, when the warm-up ends, as OTOv2's code does].")
 @click.option("--reselect", is_flag=True,
-              help="Let each choice release groups that are still shrinking (OTOv2's "
-                   "re-partition); by default only stalled ones compete again, since a released "
+              help="With --period-steps: let each choice release groups that are still "
+                   "shrinking; without it only stalled ones compete again, since a released "
                    "group keeps its half-shrunk weights.")
 @click.option("--epsilon", type=click.FloatRange(0, 0.95), default=DEFAULTS.epsilon,
               show_default=True, help="Half-space threshold: higher zeroes groups sooner.")
@@ -124,9 +125,11 @@ def main() -> None:
               help="Ceiling of the push, in units of lam; a ceiling below the least push that "
                    "shrinks the group is not used: the step then takes the midpoint of the "
                    "range that shrinks and still descends [default: sgd 10, adam 1000].")
-@click.option("--compile", "compile_stats", is_flag=True,
-              help="torch.compile DHSPG's per-step sums: faster steps on large models, after a "
-                   "compile of ~25 s (needs a C++ compiler on CPU).")
+@click.option("--compile/--no-compile", "compile_stats", default=None,
+              help="torch.compile DHSPG's per-step sums: faster steps on large models after a "
+                   "one-time compile (needs a C++ compiler on CPU) [default: auto, compile when "
+                   "a C++ compiler is found and the model has >= 1 M parameters; the log says "
+                   "which].")
 @friendly_errors
 def dhspg_command(model: Path, out: Path, as_json: bool, debug: bool, **settings: Any) -> None:
     """Train MODEL with DHSPG (OTOv2) towards --target group sparsity, then shrink it.

@@ -74,6 +74,8 @@ def run_dhspg(model_path: str | os.PathLike, options: TrainOptions, *,
     seed_everything(options.seed, device)
     with process_group(world, device):
         run = prepare(model_path, options, world, device)
+        if world.main and not options.quiet:
+            log(run.compile_note)
         if options.resume:
             resume(run)
         if world.main:

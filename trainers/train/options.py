@@ -37,13 +37,15 @@ class TrainOptions:
     and L2 ``weight_decay`` go to the optimizer's direction; ``lr_schedule`` cosine
     decays it to 0 over all steps (see ``scheduled_lr``); ``batch_size`` is per
     process; ``warmup_epochs`` of plain steps come before any group is pushed to zero;
-    ``period_steps`` is how often the redundant set is chosen (a chosen group stays while it
-    shrinks, unless ``reselect``; see DHSPGOptions); ``epsilon`` in [0, 0.95] is the
+    the redundant set is chosen once, when the warm-up ends (OTOv2); ``period_steps`` re-chooses
+    it every N steps (our extension; a chosen group stays while it shrinks, unless ``reselect``;
+    see DHSPGOptions); ``epsilon`` in [0, 0.95] is the
     half-space threshold (higher projects to zero sooner); ``lam``, ``lam_amplify`` and
     ``lam_hat`` set the push toward zero (None: the variant's default; see
     ``redundant_lambdas``); ``limit_*`` keep the first N samples;
     ``device`` auto picks CUDA when torch sees one; ``compile_stats`` runs DHSPG's per-step
-    sums through torch.compile (faster steps after a ~25 s compile; see DHSPGOptions).
+    sums through torch.compile (True/False; None: ``compile_decision`` chooses, since the compile
+    pays only on large models and needs a C++ compiler).
     An ``out`` folder holding any of ``FILES`` is refused unless ``resume`` (continue from its
     checkpoint) or ``overwrite`` (replace them): a finished run is never silently lost."""
 
@@ -57,7 +59,7 @@ class TrainOptions:
     momentum: float = 0.0
     weight_decay: float = 0.0
     warmup_epochs: int = 1
-    period_steps: int = 100
+    period_steps: int | None = None
     reselect: bool = False
     epsilon: float = 0.5
     lam: float | None = None
@@ -71,7 +73,7 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
-    compile_stats: bool = False
+    compile_stats: bool | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -102,7 +104,7 @@ class TrainOptions:
             "lam_amplify >= 1": self.lam_amplify is None or self.lam_amplify >= 1,
             "lam_hat >= 1": self.lam_hat is None or self.lam_hat >= 1,
             "warmup_epochs >= 0": self.warmup_epochs >= 0,
-            "period_steps >= 1": self.period_steps >= 1,
+            "period_steps >= 1": self.period_steps is None or self.period_steps >= 1,
             "limit_train >= 1": self.limit_train is None or self.limit_train >= 1,
             "limit_test >= 1": self.limit_test is None or self.limit_test >= 1,
         }

@@ -21,8 +21,8 @@ from onnxoto.errors import OnnxotoError
 from onnxoto.partition import Partition
 from trainers.api import attach
 from trainers.binding import OnnxModule
-from trainers.data import load_dataset, make_loader, source_name, take
-from trainers.dhspg import DHSPG, DHSPGOptions
+from trainers.data import load_dataset, make_loader, source_name, take, train_augment
+from trainers.dhspg import DHSPG, DHSPGOptions, compile_decision
 from trainers.train.options import DEVICES, EVAL_BATCH, TrainOptions
 
 
@@ -136,6 +136,7 @@ class Run:
     world: World
     options: TrainOptions
     model_sha256: str
+    compile_note: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     start_epoch: int = 0
@@ -203,7 +204,9 @@ def prepare(model_path: Path, options: TrainOptions, world: World, device: torch
     _check_data_fits(module, model, train, test, options.data)
     module.to(device)
     train_loader = make_loader(train.x, train.y, options.batch_size, True, options.seed,
-                               distributed=world.distributed)
+                               distributed=world.distributed, augment=train_augment(options.data))
+    compile_stats, compile_note = compile_decision(
+        sum(p.numel() for p in module.parameters()), requested=options.compile_stats)
     steps_per_epoch = len(train_loader)
     try:
         dhspg_options = DHSPGOptions(
@@ -213,7 +216,7 @@ def prepare(model_path: Path, options: TrainOptions, world: World, device: torch
             lam_amplify=options.lam_amplify, lam_hat=options.lam_hat,
             warmup_steps=options.warmup_epochs * steps_per_epoch,
             period=options.period_steps, reselect=options.reselect, seed=options.seed,
-            compile_stats=options.compile_stats)
+            compile_stats=compile_stats)
     except ValueError as exc:
         raise OnnxotoError(str(exc)) from exc
     optimizer = job.dhspg(options.lr, options.target, options=dhspg_options)
@@ -225,4 +228,4 @@ def prepare(model_path: Path, options: TrainOptions, world: World, device: torch
     return Run(model_path=model_path, model=model, parts=parts, module=module, net=net,
                optimizer=optimizer, train=train, test=test, train_loader=train_loader,
                test_loader=test_loader, device=device, world=world, options=options,
-               model_sha256=parts.model_info["sha256"])
+               model_sha256=parts.model_info["sha256"], compile_note=compile_note)
