@@ -31,19 +31,10 @@ from torch import nn
 
 import trainers
 from benchmarks.common import RESULTS, markdown_table, write_results
+from models.zoo import ResidualBlock
 from onnxoto.runtime import session
 from trainers.data import DATASETS
 from trainers.dhspg import DHSPGOptions
-
-
-class Residual(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
 
 
 class CarnSR(nn.Module):
@@ -53,7 +44,7 @@ class CarnSR(nn.Module):
     def __init__(self, c: int = 24, n_blocks: int = 3) -> None:
         super().__init__()
         self.entry = nn.Conv2d(1, c, 3, padding=1)
-        self.blocks = nn.ModuleList(Residual(c) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(c) for _ in range(n_blocks))
         self.fuse = nn.ModuleList(nn.Conv2d(c * (i + 2), c, 1) for i in range(n_blocks))
         self.upsample = nn.Conv2d(c, 4 * c, 3, padding=1)
         self.shuffle = nn.PixelShuffle(2)

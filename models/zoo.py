@@ -547,22 +547,17 @@ class ViT(nn.Module):
 # --------------------------------------------------------------------------- grouped conv
 
 
-class GroupedBottleneck(nn.Module):
+class GroupedBottleneck(Bottleneck):
     """1x1 reduce, grouped 3x3 (carries the stride), 1x1 expand, plus identity or downsample:
-    ResNeXt's block (fixed cardinality) and RegNetX's (fixed group width)."""
+    ResNeXt's block (fixed cardinality) and RegNetX's (fixed group width). Bottleneck's forward;
+    only the 3x3 is grouped and the output width is free."""
 
     def __init__(self, c_in: int, width: int, c_out: int, groups: int, stride: int = 1) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.conv1, self.bn1 = _conv_bn(c_in, width, 1)
         self.conv2, self.bn2 = _conv_bn(width, width, 3, stride, groups=groups)
         self.conv3, self.bn3 = _conv_bn(width, c_out, 1)
         self.downsample = _downsample(c_in, c_out, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu(y + self.downsample(x))
 
 
 class GroupedNet(nn.Module):

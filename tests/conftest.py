@@ -27,3 +27,15 @@ def zoo_cache(tmp_path_factory):
         return done[key]
 
     return exported
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny torch problems on one intra-op thread: extra threads only spin against other jobs
+    (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

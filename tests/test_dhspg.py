@@ -25,13 +25,7 @@ OLD_RULES = dict(tolerance=0.0, release=False, score="salience", lam_bracket=Tru
 OPTIONS = dict(lr=0.1, momentum=0.9, warmup_steps=50, period=100, epsilon=0.5, **OLD_RULES)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The problems here are tiny: extra intra-op threads only spin against other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ from trainers.woodfisher import (
 )
 from trainers.zig import build_zig_index
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dense_inverse(grads: torch.Tensor, damping: float) -> torch.Tensor:
