@@ -23,7 +23,7 @@ from onnxoto import runtime
 from onnxoto.canonical import folded
 from onnxoto.errors import OnnxotoError
 from onnxoto.files import model_files
-from onnxoto.graph import ModelLike, load_model, shape_map
+from onnxoto.graph import ModelLike, load_model, reads, shape_map
 
 # Dims as inferred: an int for a static dim, None for a dynamic one; the shape is None if unknown.
 Shape = tuple[int | None, ...]
@@ -158,22 +158,13 @@ def live_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         if index in live:
             continue
         live.add(index)
-        stack.extend(_read_names(model.graph.node[index]))
+        stack.extend(reads(model.graph.node[index]))
     return [node for i, node in enumerate(model.graph.node) if i in live]
-
-
-def _read_names(node: onnx.NodeProto) -> list[str]:
-    names = [n for n in node.input if n]
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            for inner in graph.node:
-                names.extend(_read_names(inner))
-    return names
 
 
 def _count_params(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tuple[int, int]:
     """Elements and bits of float initializers and Constant tensors the live nodes read."""
-    read = {name for node in nodes for name in _read_names(node)}
+    read = {name for node in nodes for name in reads(node)}
     read.update(o.name for o in model.graph.output)  # an initializer can itself be an output
     sizes = [_tensor_size(t) for t in model.graph.initializer if t.name in read]
     for node in nodes:
