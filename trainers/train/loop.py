@@ -75,10 +75,13 @@ def _torch_accuracy(run: Run) -> float:
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  "
+    line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  "
             f"train acc {record['train_accuracy']:.2%}  test acc {record['test_accuracy']:.2%}  "
-            f"group sparsity {record['group_sparsity']:.1%}  "
-            f"redundant {record['redundant_count']}/{record['num_zigs']}  "
+            f"group sparsity {record['group_sparsity']:.1%}  ")
+    if "weight_sparsity" in record:  # WoodFisher: its schedule, not a push, sets the sparsity
+        return line + f"weight sparsity {record['weight_sparsity']:.1%}"
+    return (line
+            + f"redundant {record['redundant_count']}/{record['num_zigs']}  "
             f"redundant norm {record['redundant_mean_norm']:.4g}"
             + ("  (warm-up)" if record["in_warmup"] else ""))
 

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from onnxoto.errors import OnnxotoError
 
@@ -49,6 +49,7 @@ class TrainOptions:
     An ``out`` folder holding any of ``FILES`` is refused unless ``resume`` (continue from its
     checkpoint) or ``overwrite`` (replace them): a finished run is never silently lost."""
 
+    method: ClassVar[str] = "dhspg"  # metrics.json's "method"; another method's options override it
     data: str = "fashion-mnist"
     target: float = 0.5
     epochs: int = 10

@@ -97,7 +97,7 @@ def finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
     removed = sum(int((~keep).sum()) for keep in masks.values())
     metrics = {
         "format": FORMAT,
-        "method": "dhspg",
+        "method": run.options.method,
         "model": {"path": str(run.model_path), "sha256": run.model_sha256},
         "data": {"source": run.options.data, "train": run.train.describe(),
                  "test": run.test.describe()},
