@@ -27,6 +27,7 @@ from trainers.woodfisher import (
     prune_unstructured,
     zig_axes,
 )
+from trainers.woodfisher.fisher import LowRankInverse
 from trainers.zig import build_zig_index
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -195,6 +196,88 @@ def test_group_obs_rows_with_blocks_and_strided_channels():
         sub = dense[index][:, index]
         expected = 0.5 * flat_w[index] @ torch.linalg.solve(sub, flat_w[index])
         torch.testing.assert_close(GroupOBS.compute(fisher, zig).saliency[channel], expected)
+
+
+def _low_rank_case(n: int, seed: int):
+    """Two parameters with channel groups of 6 ("a", 5 channels: m = 6 > n when n = 4) and of 2
+    ("b", 4 channels), their gradients, and the same Fisher as dense and as low-rank blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"a": (5, 6), "b": (4, 2)}
+    values = {k: torch.randn(s, dtype=torch.float64, generator=gen) for k, s in shapes.items()}
+    grads = {k: torch.randn(n, s[0] * s[1], dtype=torch.float64, generator=gen)
+             for k, s in shapes.items()}
+    groups = [Group(0, 5, True, None, [Member("a", 0, "producer")]),
+              Group(1, 4, True, None, [Member("b", 0, "producer")])]
+    layout = BlockLayout(shapes, 1000, {"a": 0, "b": 0})
+    options = FisherOptions(num_grads=n, block_size=1000, damping=1e-3)
+    dense = BlockFisher.from_gradients(grads, layout, options)
+    low = BlockFisher.from_gradients(grads, layout, FisherOptions(
+        num_grads=n, block_size=1000, damping=1e-3, low_rank=True))
+    return values, groups, dense, low
+
+
+@pytest.mark.parametrize("n", [4, 16])
+@pytest.mark.parametrize("joint", [False, True])
+def test_low_rank_group_obs_equals_dense(n, joint):
+    """The low-rank block form (no d x d matrix; groups of 6 solved through the N x N system
+    when N = 4 < 6, directly when N = 16) gives the dense path's inverse, diagonals, saliencies,
+    choice and update to 1e-5 relative, for the summed and the joint update."""
+    values, groups, dense, low = _low_rank_case(n, seed=6)
+    assert all(isinstance(i, LowRankInverse) for i in low.inverses)
+    for a, b in zip(low.inverses, dense.inverses, strict=True):
+        assert _relative(a.dense(), b) <= 1e-5
+    for name, diag in dense.diagonals().items():
+        assert _relative(low.diagonals()[name], diag) <= 1e-5
+    runs = {}
+    for label, fisher in (("dense", dense), ("low", low)):
+        params = {k: torch.nn.Parameter(v.clone()) for k, v in values.items()}
+        zig = build_zig_index(groups, params)
+        saliency = GroupOBS.compute(fisher, zig).saliency
+        pruned = prune_groups(zig, 4 / 9, fisher=fisher, joint=joint)
+        runs[label] = saliency, pruned, {k: p.detach() for k, p in params.items()}
+    assert _relative(runs["low"][0], runs["dense"][0]) <= 1e-5
+    assert torch.equal(runs["low"][1], runs["dense"][1]) and int(runs["low"][1].sum()) == 4
+    steps = {label: torch.cat([(run[2][k] - values[k]).reshape(-1) for k in values])
+             for label, run in runs.items()}
+    assert _relative(steps["low"], steps["dense"]) <= 1e-5
+
+
+def test_low_rank_one_element_groups_equal_unstructured():
+    """Size-1 groups on low-rank blocks prune and update exactly as unstructured OBS on the
+    dense inverse of the same gradients."""
+    gen = torch.Generator().manual_seed(7)
+    values = torch.randn(12, dtype=torch.float64, generator=gen)
+    grads = {"w": torch.randn(5, 12, dtype=torch.float64, generator=gen)}
+    layout = BlockLayout({"w": (12,)}, 12, {"w": 0})
+    dense = BlockFisher.from_gradients(grads, layout, FisherOptions(num_grads=5, block_size=12,
+                                                                    damping=1e-3))
+    low = BlockFisher.from_gradients(grads, layout, FisherOptions(
+        num_grads=5, block_size=12, damping=1e-3, low_rank=True))
+    structured = {"w": torch.nn.Parameter(values.clone())}
+    zig = build_zig_index([Group(0, 12, True, None, [Member("w", 0, "producer")])], structured)
+    pruned = prune_groups(zig, 5 / 12, fisher=low)
+    plain = {"w": values.clone()}
+    keep = prune_unstructured(plain, 5 / 12, "woodfisher", fisher=dense)
+    assert pruned.tolist() == (~keep["w"]).tolist()
+    assert _relative(structured["w"].detach() - values, plain["w"] - values) <= 1e-5
+
+
+def test_joint_group_update_is_exact_on_a_quadratic():
+    """Two groups pruned at once with ``joint``: w_P goes to 0 and the loss rises by exactly
+    1/2 w_P^T ([F^-1]_PP)^-1 w_P, no more than with the summed per-group updates."""
+    w, fisher, hessian = _quadratic(d=12, n=5, damping=1e-2, seed=8, shape=(4, 3))
+    costs = {}
+    for joint in (False, True):
+        params = {"w": torch.nn.Parameter(w.clone().view(4, 3))}
+        zig = build_zig_index([Group(0, 4, True, None, [Member("w", 0, "producer")])], params)
+        pruned = prune_groups(zig, 2 / 4, fisher=fisher, joint=joint)
+        step = params["w"].detach().reshape(-1) - w
+        costs[joint] = 0.5 * step @ hessian @ step
+    index = pruned.repeat_interleave(3).nonzero().flatten()
+    inverse = torch.linalg.inv(hessian)
+    expected = 0.5 * w[index] @ torch.linalg.solve(inverse[index][:, index], w[index])
+    torch.testing.assert_close(costs[True], expected, rtol=1e-9, atol=0)
+    assert costs[True] <= costs[False] * (1 + 1e-12)
 
 
 def test_magnitude_baselines():

@@ -9,6 +9,12 @@ parameters) and F is taken as block-diagonal. Each block's inverse is exact:
   F^-1 = (1/lam) [I - G^T (N lam I + G G^T)^-1 G], one Cholesky solve, O(N^2 d + N d^2);
 - N >= d: F itself is d x d, so it is formed and inverted, O(N d^2 + d^3).
 
+With ``low_rank`` a block's inverse is never formed: it is kept as its gradients G and the
+Cholesky factor of the N x N system (``LowRankInverse``), O(N d) memory instead of d^2. Group
+OBS needs only principal sub-blocks [F^-1]_QQ, solves with them and products F^-1 v, all of
+which go through L^-1 G; so a block can be a whole layer (DemoNet's conv5, 442k weights, would
+need 1.5 TB as a d x d inverse and 0.9 GB as 256 gradients in float64).
+
 The rank-1 recursion of the paper (Sherman-Morrison once per gradient, N sequential O(d^2)
 updates) is kept as ``inverse_fisher_rank1``, the reference the batched forms are tested and
 timed against. Blocks of equal size are inverted together as one batched call.
@@ -26,8 +32,9 @@ import torch
 
 from onnxoto.errors import OnnxotoError
 
-__all__ = ["BlockFisher", "BlockLayout", "FisherOptions", "collect_gradients", "fisher_memory",
-           "inverse_fisher", "inverse_fisher_rank1"]
+__all__ = ["BlockFisher", "BlockLayout", "FisherOptions", "LowRankInverse", "collect_gradients",
+           "fisher_memory", "inverse_fisher", "inverse_fisher_rank1", "inverse_times",
+           "solve_principal"]
 
 Tensors = Mapping[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -38,7 +45,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class FisherOptions:
     """How the inverse Fisher is estimated. Defaults follow the official MNIST scripts where the
     CPU allows: damping 1e-5, N = 1000 gradients of mini-batch 1, blocks of 1,000 weights,
-    float64 (with damping 1e-5 the damped Fisher is too ill-conditioned for float32 solves)."""
+    float64 (with damping 1e-5 the damped Fisher is too ill-conditioned for float32 solves).
+    ``low_rank`` keeps each block as a ``LowRankInverse`` (for blocks far larger than N)."""
 
     num_grads: int = 1000
     mini_batch: int = 1
@@ -47,6 +55,7 @@ class FisherOptions:
     dtype: torch.dtype = torch.float64
     # Blocks inverted per batched call: bounds the workspace, not the result.
     chunk_blocks: int = 16
+    low_rank: bool = False
 
     def __post_init__(self) -> None:
         if self.num_grads < 1 or self.mini_batch < 1 or self.block_size < 1:
@@ -92,6 +101,89 @@ def inverse_fisher_rank1(grads: torch.Tensor, damping: float) -> torch.Tensor:
         scale = 1.0 / (n + torch.bmm(g.unsqueeze(1), u))
         inverse.baddbmm_(u * scale, u.transpose(1, 2), alpha=-1)
     return inverse.reshape(*grads.shape[:-2], d, d)
+
+
+@dataclass
+class LowRankInverse:
+    """One block's inverse Fisher kept as its N gradients: F^-1 = (1/lam) (I - G^T M^-1 G) with
+    M = N lam I + G G^T = L L^T. Every quantity OBS needs comes from whitened columns L^-1 G[:, I]
+    (see ``solve_principal``), so memory is O(N d) and no d x d matrix is ever formed."""
+
+    grads: torch.Tensor
+    chol: torch.Tensor
+    damping: float
+
+    @classmethod
+    def of(cls, grads: torch.Tensor, damping: float) -> LowRankInverse:
+        """From gradients G (N, d) in the dtype the solves should use."""
+        system = grads @ grads.T
+        system.diagonal().add_(grads.shape[0] * damping)
+        return cls(grads, torch.linalg.cholesky(system), damping)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        d = self.grads.shape[1]
+        return d, d
+
+    def whiten(self, index: torch.Tensor) -> torch.Tensor:
+        """L^-1 G[:, index] for an index tensor of any shape: (N, *index.shape)."""
+        columns = self.grads[:, index.reshape(-1)]
+        solved = torch.linalg.solve_triangular(self.chol, columns, upper=False)
+        return solved.reshape(-1, *index.shape)
+
+    def diagonal(self, chunk: int = 1 << 14) -> torch.Tensor:
+        """[F^-1]_qq for every q, ``chunk`` columns at a time."""
+        d = self.shape[0]
+        parts = [self.whiten(torch.arange(s, min(s + chunk, d))).square().sum(0)
+                 for s in range(0, d, chunk)]
+        return (1.0 - torch.cat(parts)) / self.damping
+
+    def principal(self, index: torch.Tensor) -> torch.Tensor:
+        """[F^-1]_II for ``index`` (..., m): (..., m, m)."""
+        a = self.whiten(index).movedim(0, -2)
+        eye = torch.eye(index.shape[-1], dtype=a.dtype, device=a.device)
+        return (eye - a.transpose(-1, -2) @ a) / self.damping
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """F^-1 v for v (d,)."""
+        inner = torch.cholesky_solve((self.grads @ vector).unsqueeze(1), self.chol).squeeze(1)
+        return (vector - self.grads.T @ inner) / self.damping
+
+    def dense(self) -> torch.Tensor:
+        """The d x d inverse (tests and small blocks only)."""
+        return self.principal(torch.arange(self.shape[0], device=self.grads.device))
+
+
+Inverse = torch.Tensor | LowRankInverse
+
+
+def inverse_times(inverse: Inverse, vector: torch.Tensor) -> torch.Tensor:
+    """F^-1 v for a dense or low-rank block inverse."""
+    if isinstance(inverse, LowRankInverse):
+        return inverse.matvec(vector)
+    return inverse @ vector
+
+
+def solve_principal(inverse: Inverse, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """([F^-1]_II)^-1 v for ``index`` and ``values`` (nq, m): OBS's coefficients of nq sets.
+
+    Low-rank with m > N: [F^-1]_II = (1/lam) (I - A^T A) with A = L^-1 G_I (N x m), and Woodbury
+    once more, (I - A^T A)^-1 = I + A^T (I - A A^T)^-1 A, solves it through an N x N system:
+    O(N^2 m) instead of O(m^3), and the m x m matrix is never formed."""
+    if isinstance(inverse, LowRankInverse):
+        a = inverse.whiten(index).movedim(0, -2)  # (nq, N, m)
+        n, m = a.shape[-2:]
+        if m > n:
+            inner = -(a @ a.transpose(-1, -2))
+            inner.diagonal(dim1=-2, dim2=-1).add_(1.0)
+            projected = a @ values.unsqueeze(-1)
+            solved = torch.cholesky_solve(projected, torch.linalg.cholesky(inner))
+            return inverse.damping * (values + (a.transpose(-1, -2) @ solved).squeeze(-1))
+        sub = torch.eye(m, dtype=a.dtype, device=a.device) - a.transpose(-1, -2) @ a
+        sub /= inverse.damping
+    else:
+        sub = inverse[index.unsqueeze(-1), index.unsqueeze(-2)]
+    return torch.cholesky_solve(values.unsqueeze(-1), torch.linalg.cholesky(sub)).squeeze(-1)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -155,15 +247,19 @@ class BlockLayout:
 
 def fisher_memory(shapes: Mapping[str, tuple[int, ...]], options: FisherOptions) -> dict[str, int]:
     """Bytes a blockwise inverse Fisher needs for parameters of ``shapes``: ``inverse`` (every
-    block's d x d matrix, held for the OBS update), ``gradients`` (N gradients, float32),
+    block's d x d matrix, held for the OBS update; with ``low_rank`` its N x d gradients and
+    N x N factor), ``gradients`` (N gradients, float32),
     ``workspace`` (one batched call's largest temporaries) and their ``total``."""
     layout = BlockLayout(dict(shapes), options.block_size)
     item = torch.finfo(options.dtype).bits // 8
     sizes = [b.size for b in layout.all_blocks()]
     numel = sum(sizes)
-    inverse = sum(d * d for d in sizes) * item
-    biggest = max(sizes, default=0)
     n = options.num_grads
+    if options.low_rank:
+        inverse = sum(n * d + n * n for d in sizes) * item
+    else:
+        inverse = sum(d * d for d in sizes) * item
+    biggest = max(sizes, default=0)
     per_block = (biggest * n + min(n, biggest) ** 2 + biggest * biggest) * item
     workspace = min(options.chunk_blocks, len(sizes)) * per_block
     gradients = n * numel * 4
@@ -227,11 +323,13 @@ def _regroup(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
 
 @dataclass
 class BlockFisher:
-    """Per-block inverse Fisher matrices of a set of parameters (see ``BlockLayout``)."""
+    """Per-block inverse Fisher of a set of parameters (see ``BlockLayout``): d x d matrices, or
+    ``LowRankInverse`` factors with ``options.low_rank`` (unstructured ``obs`` needs matrices;
+    ``group_obs`` takes either)."""
 
     layout: BlockLayout
     blocks: list[Block]
-    inverses: list[torch.Tensor]
+    inverses: list[Inverse]
     options: FisherOptions
 
     @classmethod
@@ -239,10 +337,17 @@ class BlockFisher:
                        options: FisherOptions) -> BlockFisher:
         """Invert every block of ``grads`` (name -> (N, numel) in ``layout``'s order); blocks of
         one size in one parameter go through ``inverse_fisher`` together, ``chunk_blocks`` at a
-        time."""
-        blocks, inverses = [], []
+        time. With ``low_rank`` each block keeps its gradients instead."""
+        blocks: list[Block] = []
+        inverses: list[Inverse] = []
         for name in layout.shapes:
             g = grads[name]
+            if options.low_rank:
+                for block in layout.blocks(name):
+                    part = g[:, block.start:block.stop].to(options.dtype)
+                    inverses.append(LowRankInverse.of(part, options.damping))
+                    blocks.append(block)
+                continue
             full = g.shape[1] // layout.block_size
             whole = layout.block_size * full
             parts = g[:, :whole].reshape(g.shape[0], full, layout.block_size).transpose(0, 1)

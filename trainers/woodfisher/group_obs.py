@@ -12,17 +12,24 @@ Fisher is laid out with each parameter's ZIG axis first (``BlockLayout.axes``), 
 row is contiguous and sits in one or two blocks; its BatchNorm scale and bias are one-element
 pieces in their own parameters' blocks. Several pruned ZIGs' updates are summed, as the
 unstructured pruner sums single weights'; groups of one element then reduce to it exactly.
+``joint`` instead solves for the whole pruned set P of each block at once,
+dw = -F^-1[:, P] ([F^-1]_PP)^-1 w_P: the exact minimizer of the quadratic model with w_P = 0,
+which the sum is not when pruned groups are correlated.
 One ZIG of every group is never pruned (shrink keeps at least one channel).
+
+Either block form works (``FisherOptions.low_rank``): with the low-rank one, rho_Q and the update
+cost O(N^2 m) per group of m elements and O(N d) per block, so a block can be a whole layer and
+a consumer-side group's compensation can use every other input channel of that layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from onnxoto.errors import OnnxotoError
-from trainers.woodfisher.fisher import BlockFisher
+from trainers.woodfisher.fisher import BlockFisher, LowRankInverse, inverse_times, solve_principal
 from trainers.zig import ZigIndex
 
 __all__ = ["GROUP_CRITERIA", "GroupOBS", "prune_groups", "zig_axes"]
@@ -54,6 +61,7 @@ class GroupOBS:
     zig: ZigIndex
     saliency: torch.Tensor
     pieces: list[_Pieces]
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     @torch.no_grad()
@@ -74,32 +82,56 @@ class GroupOBS:
         pieces = []
         for b, (block, inverse) in enumerate(zip(fisher.blocks, fisher.inverses, strict=True)):
             owners = owner[block.name][block.start:block.stop]
-            w_block = weights[block.name][block.start:block.stop].to(inverse)
+            w_block = weights[block.name][block.start:block.stop].to(fisher.options.dtype)
             for zigs, index in _split_by_owner(owners, zig.num_groups):
-                sub = inverse[index.unsqueeze(2), index.unsqueeze(1)]
-                w = w_block[index]
-                coef = torch.cholesky_solve(w.unsqueeze(2), torch.linalg.cholesky(sub)).squeeze(2)
-                saliency.index_add_(0, zigs, 0.5 * (w * coef).sum(1).cpu())
-                pieces.append(_Pieces(b, zigs, index, coef))
-        return cls(fisher, zig, saliency[:-1], pieces)
+                step = _groups_per_call(inverse, index.shape[1])
+                for start in range(0, len(zigs), step):
+                    part, ids = index[start:start + step], zigs[start:start + step]
+                    w = w_block[part]
+                    coef = solve_principal(inverse, part, w)
+                    saliency.index_add_(0, ids, 0.5 * (w * coef).sum(1).cpu())
+                    pieces.append(_Pieces(b, ids, part, coef))
+        return cls(fisher, zig, saliency[:-1], pieces, weights)
 
     @torch.no_grad()
-    def update(self, pruned: torch.Tensor) -> dict[str, torch.Tensor]:
-        """dw = -sum over pruned ZIGs Q of F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q; name -> dw shaped like
-        the parameter. ``pruned`` is BoolTensor[K]."""
-        layout = self.fisher.layout
+    def update(self, pruned: torch.Tensor, *, joint: bool = False) -> dict[str, torch.Tensor]:
+        """dw = -sum over pruned ZIGs Q of F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q, or with ``joint``
+        -F^-1[:, P] ([F^-1]_PP)^-1 w_P over each block's whole pruned set P; name -> dw shaped
+        like the parameter. ``pruned`` is BoolTensor[K]."""
+        fisher, layout = self.fisher, self.fisher.layout
+        pruned = torch.cat([pruned.cpu(), pruned.new_zeros(1).cpu()])
+        chosen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for piece in self.pieces:
+            take = pruned[piece.zigs]
+            if take.any():
+                chosen.setdefault(piece.block, []).append(
+                    (piece.index[take].reshape(-1), piece.coef[take].reshape(-1)))
         delta = {n: torch.zeros(torch.Size(s).numel(), dtype=torch.float64)
                  for n, s in layout.shapes.items()}
-        pruned = torch.cat([pruned.cpu(), pruned.new_zeros(1).cpu()])
-        for piece in self.pieces:
-            chosen = pruned[piece.zigs]
-            if not chosen.any():
-                continue
-            block = self.fisher.blocks[piece.block]
-            inverse = self.fisher.inverses[piece.block]
-            index, coef = piece.index[chosen].reshape(-1), piece.coef[chosen].reshape(-1)
-            delta[block.name][block.start:block.stop] -= (inverse[:, index] @ coef).cpu()
+        for b, parts in chosen.items():
+            block, inverse = fisher.blocks[b], fisher.inverses[b]
+            index = torch.cat([i for i, _ in parts])
+            if joint:
+                w = self.weights[block.name][block.start:block.stop].to(fisher.options.dtype)
+                coef = solve_principal(inverse, index.unsqueeze(0), w[index].unsqueeze(0))[0]
+            else:
+                coef = torch.cat([c for _, c in parts])
+            spread = torch.zeros(block.size, dtype=coef.dtype, device=coef.device)
+            spread.index_add_(0, index, coef)
+            delta[block.name][block.start:block.stop] -= inverse_times(inverse, spread).cpu()
         return {n: layout.unflat(n, d) for n, d in delta.items()}
+
+
+# Elements of whitened columns (N x groups x m) one low-rank solve may hold: 128 MB in float64.
+_WHITENED_ELEMENTS = 1 << 24
+
+
+def _groups_per_call(inverse: object, size: int) -> int:
+    """How many groups of ``size`` elements one ``solve_principal`` call takes: all for a dense
+    block, a bounded workspace for a low-rank one."""
+    if not isinstance(inverse, LowRankInverse):
+        return 1 << 30
+    return max(1, _WHITENED_ELEMENTS // (inverse.grads.shape[0] * size))
 
 
 def _split_by_owner(owners: torch.Tensor, none: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,12 +165,14 @@ def _protected(zig: ZigIndex, scores: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_groups(zig: ZigIndex, sparsity: float, criterion: str = "woodfisher", *,
-                 fisher: BlockFisher | None = None, update: bool = True) -> torch.Tensor:
+                 fisher: BlockFisher | None = None, update: bool = True,
+                 joint: bool = False) -> torch.Tensor:
     """Zero ``round(sparsity * K)`` ZIGs of ``zig`` in place (exact zeros) and return the pruned
     BoolTensor[K]. ``woodfisher`` ranks by rho_Q and applies the group OBS update (unless
-    ``update`` is False); ``magnitude`` ranks by ||w_Q||^2. Already-zero ZIGs rank first, so a
-    gradual schedule keeps its earlier choices; ZIGs with no element in ``zig`` (an index of
-    other roles than producers may miss some) are never chosen."""
+    ``update`` is False; ``joint``: see ``GroupOBS.update``); ``magnitude`` ranks by
+    ||w_Q||^2. Already-zero ZIGs rank first, so a gradual schedule keeps its earlier choices;
+    ZIGs with no element in ``zig`` (an index of other roles than producers may miss some) are
+    never chosen."""
     if criterion not in GROUP_CRITERIA:
         raise OnnxotoError(f"group criterion {criterion!r}: choose from "
                            f"{', '.join(GROUP_CRITERIA)}")
@@ -161,7 +195,7 @@ def prune_groups(zig: ZigIndex, sparsity: float, criterion: str = "woodfisher", 
         pruned[torch.topk(scores, count, largest=False).indices] = True
     params = zig.params()
     if obs is not None and update:
-        for name, dw in obs.update(pruned).items():
+        for name, dw in obs.update(pruned, joint=joint).items():
             params[name].add_(dw.to(params[name]))
     zig.zero_(params, pruned.to(zig.device))
     return pruned
