@@ -330,6 +330,18 @@ class DHSPG(torch.optim.Optimizer):
     def in_warmup(self) -> bool:
         return self._t < self.options.warmup_steps
 
+    @property
+    def released(self) -> bool:
+        """True once the target was reached and the push stopped: from then on every step is a
+        plain step and the ZIGs in ``held_zero`` stay exactly zero (what slim continuation
+        needs before it deletes them)."""
+        return self._released
+
+    @property
+    def held_zero(self) -> torch.Tensor:
+        """BoolTensor[K]: the ZIGs this optimizer projected to zero and holds there (a copy)."""
+        return self._zeroed.clone()
+
     def _sparse_step(self, directions: dict[str, torch.Tensor], lr: float) -> None:
         zig, opt = self.zig, self.options
         if not self._released and opt.release and self._target_reached():

@@ -334,13 +334,16 @@ class ZigIndex:
             return 0.0
         return int(self.zero_zigs(tensors).sum()) / self.num_groups  # exact, not float32
 
-    def masks(self, tensors: Tensors | None = None) -> dict[int, np.ndarray]:
-        """onnxoto masks (group id -> bool keep, True = keep): a channel goes when its ZIG is 0.
+    def masks(self, tensors: Tensors | None = None, *,
+              zero: torch.Tensor | None = None) -> dict[int, np.ndarray]:
+        """onnxoto masks (group id -> bool keep, True = keep): a channel goes when its ZIG is 0,
+        or, given ``zero`` (BoolTensor[K]), when its ZIG is True there.
 
         A group is never emptied (shrink needs one channel): if all its ZIGs are zero its first
         channel is kept, as ``onnxoto.masking.masks_from_zeros`` does.
         """
-        keep = (~self.zero_zigs(tensors)).cpu().numpy()
+        zero = self.zero_zigs(tensors) if zero is None else zero
+        keep = (~zero).cpu().numpy()
         out, start = {}, 0
         for gid, size in self.group_sizes.items():
             mask = keep[start:start + size].copy()

@@ -1,6 +1,8 @@
 """The output folder before and during a run: checked writable and clobber-free up front, an
 earlier run kept unless ``resume``/``overwrite`` says otherwise, and a checkpoint per epoch that
-``resume`` continues from bit for bit (refusing one written by a different run)."""
+``resume`` continues from bit for bit (refusing one written by a different run). After the
+switch to the slim network a checkpoint also holds the slim graph (bytes) and the full network as
+of the switch, so a resume continues on the slim network."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from onnxoto.files import (
 from trainers.binding import OnnxModule
 from trainers.train.options import FILES, FORMAT, TrainOptions
 from trainers.train.prepare import Run
+from trainers.train.slim import restore
 
 
 def _output_files(out: Path) -> list[Path]:
@@ -84,6 +87,7 @@ def save_checkpoint(run: Run, epoch: int) -> None:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "history": run.history,
         "train_seconds": run.train_seconds,
+        "slim": None if run.slim is None else run.slim.to_checkpoint(),
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -108,6 +112,8 @@ def resume(run: Run) -> None:
         if differ:
             raise OnnxotoError(f"'{path}' was written by a different run ({'; '.join(differ)}); "
                                f"use another output folder or the same options")
+    if isinstance(state.get("slim"), dict):
+        restore(run, state["slim"])
     damaged = _checkpoint_damage(state, run.module)
     if damaged:
         raise OnnxotoError(f"'{path}': damaged checkpoint ({damaged}); run with --overwrite to "

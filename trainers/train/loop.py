@@ -1,5 +1,7 @@
 """The training loop: cross-entropy steps with DHSPG at a learning rate that is a pure function of
-the step, losses summed over every rank, test accuracy and DHSPG's diagnostics per epoch."""
+the step, losses summed over every rank, test accuracy and DHSPG's diagnostics per epoch, and the
+switch to the slim network (``trainers.train.slim``) at the first epoch boundary after DHSPG's
+release."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from onnxoto.errors import OnnxotoError
 from trainers.train.options import Log
 from trainers.train.prepare import Run
+from trainers.train.slim import ready, switch
 
 
 def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
@@ -86,19 +89,32 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
             + ("  (warm-up)" if record["in_warmup"] else ""))
 
 
+def _diagnostics(run: Run) -> dict[str, Any]:
+    """The optimizer's diagnostics; on the slim network the full one's at the switch (its
+    groups no longer change) with the step count going on."""
+    now = run.optimizer.diagnostics()
+    return now if run.slim is None else {**run.slim.diagnostics, "step": now["step"]}
+
+
 def train(run: Run, log: Log, checkpoint: Callable[[Run, int], None]) -> None:
     """Epochs from ``run.start_epoch``; rank 0 records each, logs it and calls ``checkpoint(run,
-    epochs done)``."""
+    epochs done)``. With ``slim_continuation``, an epoch that starts after DHSPG's release
+    first switches to the slim network (every rank; a resumed run switches where the
+    uninterrupted one did, since the checkpoint before holds the released optimizer)."""
     options, main = run.options, run.world.main
     show_bar = main and not options.quiet and sys.stderr.isatty()
     for epoch in range(run.start_epoch, options.epochs):
+        if options.slim_continuation and run.slim is None and ready(run.optimizer):
+            switch(run, epoch, log if main and not options.quiet else None)
         started = time.perf_counter()
         stats = _train_epoch(run, epoch, show_bar)
-        run.train_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        run.train_seconds += seconds
         if not main:
             continue
         record = {"epoch": epoch + 1, **stats, "test_accuracy": _torch_accuracy(run),
-                  **run.optimizer.diagnostics(), "train_seconds": run.train_seconds}
+                  **_diagnostics(run), "slim": run.slim is not None, "epoch_seconds": seconds,
+                  "train_seconds": run.train_seconds}
         run.history.append(record)
         if not options.quiet:
             log(_epoch_line(record, options.epochs))

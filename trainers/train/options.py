@@ -26,7 +26,7 @@ EVAL_BATCH = 1024
 # Options that change the trajectory: a checkpoint only resumes a run that agrees on all of them.
 _RUN_KEYS = ("data", "target", "batch_size", "lr", "lr_schedule", "variant", "momentum",
              "weight_decay", "warmup_epochs", "period_steps", "reselect", "epsilon", "lam",
-             "lam_amplify", "lam_hat", "limit_train", "seed")
+             "lam_amplify", "lam_hat", "limit_train", "seed", "slim_continuation")
 
 Log = Callable[[str], None]
 
@@ -45,7 +45,10 @@ class TrainOptions:
     ``redundant_lambdas``); ``limit_*`` keep the first N samples;
     ``device`` auto picks CUDA when torch sees one; ``compile_stats`` runs DHSPG's per-step
     sums through torch.compile (True/False; None: ``compile_decision`` chooses, since the compile
-    pays only on large models and needs a C++ compiler).
+    pays only on large models and needs a C++ compiler). ``slim_continuation`` (default on)
+    deletes the zero groups once DHSPG has reached the target and stopped pushing, and trains the
+    slim network for the remaining epochs: the same training (the deleted channels carry exact
+    zeros; tests check the kept weights against the full network's), at the slim network's cost.
     An ``out`` folder holding any of ``FILES`` is refused unless ``resume`` (continue from its
     checkpoint) or ``overwrite`` (replace them): a finished run is never silently lost."""
 
@@ -75,6 +78,7 @@ class TrainOptions:
     overwrite: bool = False
     quiet: bool = False
     compile_stats: bool | None = None
+    slim_continuation: bool = True
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)

@@ -21,6 +21,8 @@ from trainers.api import ValidationMismatch, write_models
 from trainers.binding import write_back
 from trainers.train.options import EVAL_BATCH, FILES, FORMAT, Log
 from trainers.train.prepare import Run
+from trainers.train.slim import merge_back
+from trainers.zig import ZigIndex
 
 
 def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -71,12 +73,27 @@ def _ratio(before: int, after: int) -> dict[str, Any]:
             "slim_over_input": after / before if before else None}
 
 
-def _target_reached(run: Run) -> bool:
+def _target_reached(zig: ZigIndex, target: float) -> bool:
     """Whether as many groups are zero as DHSPG's redundant set holds (floor of the target
     share of all groups, see ``DHSPG._select``)."""
-    zig = run.optimizer.zig
     zeros = round(zig.zero_fraction() * zig.num_groups)
-    return zeros >= math.floor(zig.num_groups * run.options.target)
+    return zeros >= math.floor(zig.num_groups * target)
+
+
+def _slim_record(run: Run) -> dict[str, Any]:
+    """When the run switched to the slim network, what that cost and bought: epoch seconds
+    before and after (means over this process's epochs of each kind), params and MACs."""
+    if run.slim is None:
+        return {"enabled": run.options.slim_continuation, "switch_epoch": None}
+    seconds = {kind: [h["epoch_seconds"] for h in run.history
+                      if "epoch_seconds" in h and h.get("slim", False) == (kind == "slim")]
+               for kind in ("full", "slim")}
+    summary = run.slim.summary
+    return {"enabled": True, "switch_epoch": run.slim.epoch + 1,
+            "params": _ratio(*summary["params"]), "macs": _ratio(*summary["macs"]),
+            "switch_seconds": summary.get("seconds"),
+            "epoch_seconds": {kind: sum(v) / len(v) if v else None
+                              for kind, v in seconds.items()}}
 
 
 def finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
@@ -84,7 +101,9 @@ def finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
     not reached is a warning (the models are still right, only less pruned than asked), said in
     the log and recorded as ``target_reached``."""
     out = run.options.out
-    trained = write_back(run.module, run.model)
+    module, optimizer = (run.module, run.optimizer) if run.slim is None else merge_back(
+        run.slim, run.module)
+    trained = write_back(module, run.model)
     saved = write_models(trained, out, seed=run.options.seed, parts=run.parts)
     masks, result = saved.masks, saved.result
     full_pred = onnx_predictions(trained, run.test.x)
@@ -117,9 +136,10 @@ def finish(run: Run, wall_started: float, log: Log) -> dict[str, Any]:
                      "runtime": "onnxruntime CPU"},
         "params": _ratio(before.params, after.params),
         "macs": _ratio(before.macs, after.macs),
-        "group_sparsity": run.optimizer.zig.zero_fraction(),
+        "group_sparsity": optimizer.zig.zero_fraction(),
         "target_group_sparsity": run.options.target,
-        "target_reached": _target_reached(run),
+        "target_reached": _target_reached(optimizer.zig, run.options.target),
+        "slim_continuation": _slim_record(run),
         "channels": {"prunable": channels, "removed": removed},
         "validation": result.comparison.to_dict() if result.comparison else None,
         "train_seconds": run.train_seconds,  # summed over every resumed segment

@@ -140,6 +140,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     start_epoch: int = 0
+    slim: Any = None  # trainers.train.slim.Slim once the run trains the slim network
 
 
 def _input_dims(module: OnnxModule, model: onnx.ModelProto) -> tuple[int | None, ...]:
@@ -196,6 +197,14 @@ def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split, t
                                f"0..{classes - 1}); {beyond.size} label(s) out of range")
 
 
+def wrap_ddp(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel under torchrun, else ``module`` itself."""
+    if not world.distributed:
+        return module
+    return DistributedDataParallel(module,
+                                   device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device) -> Run:
     job = attach(model_path)
     parts, model, module = job.parts, job.parts.model, job.module
@@ -220,10 +229,7 @@ def prepare(model_path: Path, options: TrainOptions, world: World, device: torch
     except ValueError as exc:
         raise OnnxotoError(str(exc)) from exc
     optimizer = job.dhspg(options.lr, options.target, options=dhspg_options)
-    net: torch.nn.Module = module
-    if world.distributed:
-        net = DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_ddp(module, world, device)
     test_loader = make_loader(test.x, test.y, EVAL_BATCH, False, options.seed)
     return Run(model_path=model_path, model=model, parts=parts, module=module, net=net,
                optimizer=optimizer, train=train, test=test, train_loader=train_loader,
