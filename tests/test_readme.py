@@ -57,7 +57,7 @@ def _tour_commands() -> list[list[str]]:
 def test_tour_flags_exist(argv):
     words = [w for w in argv[1:] if not w.startswith("-")]
     path = [w for w in words if w in ("partition", "mask", "shrink", "validate", "report",
-                                      "train", "dhspg")]
+                                      "train", "dhspg", "woodfisher")]
     result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0, result.output
     for flag in (w.split("=")[0] for w in argv if w.startswith("--")):

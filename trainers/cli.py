@@ -27,13 +27,15 @@ from trainers.train import (
     run_dhspg,
     summary_rows,
 )
+from trainers.woodfisher.run import GRADUAL_STEPS, WoodFisherOptions, run_woodfisher
 
 DEFAULTS = TrainOptions()
 DEFAULT_LR_TEXT = ", ".join(f"{variant} {lr:g}" for variant, lr in DEFAULT_LR.items())
 
 
 def run_options(command: Callable) -> Callable:
-    """Options every training method shares: data, schedule, limits, device, output, resume."""
+    """Options every training method shares: data, schedule, SGD's momentum and weight decay,
+    limits, device, output, resume."""
     decorators = [
         click.argument("model", type=click.Path(path_type=Path)),
         click.option("--data", default=DEFAULTS.data, show_default=True,
@@ -45,6 +47,12 @@ def run_options(command: Callable) -> Callable:
                      show_default=True, help="Per process."),
         click.option("--lr", type=float, default=None,
                      help=f"Learning rate [default: {DEFAULT_LR_TEXT}]."),
+        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
+                     default=DEFAULTS.momentum, show_default=True,
+                     help="Heavy-ball momentum (sgd)."),
+        click.option("--weight-decay", type=click.FloatRange(min=0),
+                     default=DEFAULTS.weight_decay, show_default=True,
+                     help="L2 penalty added to the gradient."),
         click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
                      default=DEFAULTS.lr_schedule, show_default=True,
                      help="cosine: decay the rate to 0 over all steps."),
@@ -53,8 +61,8 @@ def run_options(command: Callable) -> Callable:
         click.option("--limit-test", type=click.IntRange(min=1), default=None,
                      help="Use the first N test samples."),
         click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
-                     help="Seed of torch, the shuffling, DHSPG's choices and the validation "
-                          "inputs: same seed and options, same run."),
+                     help="Seed of torch, the shuffling, DHSPG's choices, WoodFisher's Fisher "
+                          "batches and the validation inputs: same seed and options, same run."),
         click.option("--device", type=click.Choice(DEVICES), default=DEFAULTS.device,
                      show_default=True, help="auto: CUDA if torch sees a GPU, else CPU."),
         click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
@@ -82,10 +90,16 @@ def print_result(metrics: dict[str, Any], as_json: bool, out: Path) -> None:
             for row in summary_rows(metrics)]
     click.echo(render_table(rows, headers=("metric", "full", "slim", "slim/full")))
     reached = "" if metrics["target_reached"] else ", not reached"
-    click.echo(f"group sparsity {metrics['group_sparsity']:.1%} "
-               f"(target {metrics['target_group_sparsity']:.1%}{reached}); wrote "
-               + ", ".join(str(out / FILES[key]) for key in ("trained", "masks", "slim",
-                                                              "metrics")))
+    sparsity = f"group sparsity {metrics['group_sparsity']:.1%}"
+    if metrics["method"] == "woodfisher" and not metrics["options"]["structured"]:
+        sparsity = (f"weight sparsity {metrics['history'][-1]['weight_sparsity']:.1%} (target "
+                    f"{metrics['options']['sparsity']:.1%}), unstructured: zeros inside "
+                    f"channels, so slim.onnx only loses channels whose weights all went to "
+                    f"zero ({sparsity}); --structured removes whole channels")
+    else:
+        sparsity += f" (target {metrics['target_group_sparsity']:.1%}{reached})"
+    click.echo(f"{sparsity}; wrote " + ", ".join(
+        str(out / FILES[key]) for key in ("trained", "masks", "slim", "metrics")))
 
 
 @click.group("trainers", cls=OneLineErrors,
@@ -100,10 +114,6 @@ def main() -> None:
               show_default=True, help="Share of prunable channels (ZIGs) to drive to zero.")
 @click.option("--variant", type=click.Choice(list(DEFAULT_LR)), default=DEFAULTS.variant,
               show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
-              default=DEFAULTS.momentum, show_default=True, help="Heavy-ball momentum (sgd).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay,
-              show_default=True, help="L2 penalty added to the gradient.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=DEFAULTS.warmup_epochs,
               show_default=True, help="Plain steps before any group is pushed to zero.")
 @click.option("--period-steps", type=click.IntRange(min=1), default=None,
@@ -130,11 +140,6 @@ def main() -> None:
                    "one-time compile (needs a C++ compiler on CPU) [default: auto, compile when "
                    "a C++ compiler is found and the model has >= 1 M parameters; the log says "
                    "which].")
-@click.option("--slim-continuation/--no-slim-continuation", default=DEFAULTS.slim_continuation,
-              show_default=True,
-              help="Once the target is reached and DHSPG stops pushing, delete the zero groups "
-                   "and train the slim network for the remaining epochs (same training, cheaper "
-                   "epochs; the log says from which epoch).")
 @friendly_errors
 def dhspg_command(model: Path, out: Path, as_json: bool, debug: bool, **settings: Any) -> None:
     """Train MODEL with DHSPG (OTOv2) towards --target group sparsity, then shrink it.
@@ -149,3 +154,60 @@ def dhspg_command(model: Path, out: Path, as_json: bool, debug: bool, **settings
     log = functools.partial(click.echo, err=as_json)
     print_result(run_dhspg(model, options, log=log), as_json, out)
 
+
+
+WOODFISHER = WoodFisherOptions()
+
+
+@main.command("woodfisher")
+@run_options
+@click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=WOODFISHER.sparsity, show_default=True,
+              help="Share of the weights to prune (of rank >= 2: biases and norm scales stay); "
+                   "with --structured, share of the prunable channels (ZIGs).")
+@click.option("--structured", is_flag=True,
+              help="Prune whole channels by group OBS so slim.onnx is smaller; without it the "
+                   "zeros are scattered and slim.onnx keeps (almost) every channel.")
+@click.option("--gradual", is_flag=True,
+              help="Prune over --steps steps spread over the run (cubic schedule, Fisher "
+                   "recomputed at each, training in between); without it: one-shot, the given "
+                   "model is pruned at step 0 and then fine-tuned for --epochs.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help=f"Pruning steps of --gradual [default: {GRADUAL_STEPS}].")
+@click.option("--fisher-samples", type=click.IntRange(min=1),
+              default=WOODFISHER.fisher_samples, show_default=True,
+              help="Gradients N in each Fisher estimate.")
+@click.option("--fisher-batch", type=click.IntRange(min=1), default=WOODFISHER.fisher_batch,
+              show_default=True, help="Samples averaged into each of the N gradients.")
+@click.option("--block-size", type=click.IntRange(min=1), default=WOODFISHER.block_size,
+              show_default=True,
+              help="Weights per Fisher block: memory grows with it (block x weights x 8 bytes, "
+                   "or N x weights x 8 with --low-rank).")
+@click.option("--damping", type=click.FloatRange(min=0, min_open=True),
+              default=WOODFISHER.damping, show_default=True,
+              help="lambda of F = lambda I + (1/N) sum g g^T.")
+@click.option("--low-rank", is_flag=True,
+              help="With --structured: keep each Fisher block as its N gradients (memory N x "
+                   "block instead of block^2), so --block-size can span a whole layer.")
+@click.option("--joint", is_flag=True,
+              help="Solve the OBS update for all weights pruned in a block at once (exact for "
+                   "the quadratic model) instead of summing each weight's update (the paper's).")
+@click.option("--max-fisher-gb", type=click.FloatRange(min=0, min_open=True),
+              default=WOODFISHER.max_fisher_gb, show_default=True,
+              help="Refuse to start when the Fisher blocks need more memory (GiB).")
+@friendly_errors
+def woodfisher_command(model: Path, out: Path, as_json: bool, debug: bool,
+                       **settings: Any) -> None:
+    """Prune MODEL with WoodFisher (OBS with a blockwise inverse empirical Fisher) to
+    --sparsity, fine-tune it with SGD with the masks held, then shrink it.
+
+    \b
+    Example:
+      onnxoto train woodfisher mlp.onnx --data mnist --sparsity 0.9 --epochs 2 -o out/wf
+      onnxoto train woodfisher mlp.onnx --data mnist --sparsity 0.5 --structured -o out/wfs
+      python -m trainers woodfisher mlp.onnx --data mnist --sparsity 0.9 --gradual \\
+          --steps 4 --epochs 8 -o out/wfg
+    """
+    options = WoodFisherOptions(out=out, **settings)
+    log = functools.partial(click.echo, err=as_json)
+    print_result(run_woodfisher(model, options, log=log), as_json, out)

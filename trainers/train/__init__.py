@@ -17,7 +17,8 @@ CUDA) with a DistributedSampler; only rank 0 logs and writes files.
 
 Layout: ``options`` (TrainOptions, file names), ``prepare`` (world, device, data, module,
 optimizer), ``checkpoint`` (output folder, per-epoch checkpoints), ``loop`` (the epochs),
-``outputs`` (files and metrics at the end); ``run_dhspg`` here ties them together. The module,
+``outputs`` (files and metrics at the end); ``run_training`` here ties them together for any
+method's optimizer (``run_dhspg``: DHSPG; ``trainers.woodfisher.run``: WoodFisher). The module,
 the groups, the optimizer and the model files come from ``trainers.api`` (``attach``,
 ``Job.dhspg``, ``write_models``), the same code users' own loops run.
 """
@@ -41,13 +42,27 @@ from trainers.train.outputs import (
     summary_rows,
     unpack_correct,
 )
-from trainers.train.prepare import World, prepare, process_group, resolve_device, seed_everything
+from trainers.train.prepare import (
+    OptimizerFactory,
+    Pruner,
+    Setup,
+    World,
+    dhspg_optimizer,
+    prepare,
+    process_group,
+    resolve_device,
+    seed_everything,
+)
 
 __all__ = [
     "DEFAULT_LR",
     "DEVICES",
     "FILES",
     "LR_SCHEDULES",
+    "Log",
+    "OptimizerFactory",
+    "Pruner",
+    "Setup",
     "TrainOptions",
     "ValidationMismatch",
     "World",
@@ -55,6 +70,7 @@ __all__ = [
     "pack_correct",
     "resolve_device",
     "run_dhspg",
+    "run_training",
     "scheduled_lr",
     "summary_rows",
     "unpack_correct",
@@ -66,6 +82,13 @@ def run_dhspg(model_path: str | os.PathLike, options: TrainOptions, *,
     """Train ``model_path`` with DHSPG as ``options`` say; returns metrics.json's content
     (an empty dict on ranks other than 0). Raises ``OnnxotoError`` for bad input and
     ``ValidationMismatch`` if the slim model does not match the trained one."""
+    return run_training(model_path, options, dhspg_optimizer, log=log)
+
+
+def run_training(model_path: str | os.PathLike, options: TrainOptions,
+                 make_optimizer: OptimizerFactory, *, log: Log = print) -> dict[str, Any]:
+    """One run of any method: ``make_optimizer`` builds its optimizer (see ``Pruner``); the
+    output folder, data, loop, checkpoints and files are the same for every method."""
     wall_started = time.perf_counter()
     model_path = Path(model_path)
     check_output(model_path, options)
@@ -73,8 +96,8 @@ def run_dhspg(model_path: str | os.PathLike, options: TrainOptions, *,
     device = resolve_device(options.device, world.local_rank)
     seed_everything(options.seed, device)
     with process_group(world, device):
-        run = prepare(model_path, options, world, device)
-        if world.main and not options.quiet:
+        run = prepare(model_path, options, world, device, make_optimizer)
+        if world.main and not options.quiet and run.compile_note:
             log(run.compile_note)
         if options.resume:
             resume(run)

@@ -1,14 +1,19 @@
 """Everything a run holds before its first step: this process's place in a torchrun launch, the
-device, the data splits (checked against the model), the bound module, DHSPG and the loaders."""
+device, the data splits (checked against the model), the bound module, the optimizer and the
+loaders.
+
+The optimizer comes from a factory (``dhspg_optimizer`` by default; WoodFisher passes its own):
+the loop, the checkpoints and the outputs only need the ``Pruner`` protocol, so a second method
+reuses them instead of copying them."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -19,11 +24,12 @@ from torch.utils.data import DataLoader
 
 from onnxoto.errors import OnnxotoError
 from onnxoto.partition import Partition
-from trainers.api import attach
+from trainers.api import Job, attach
 from trainers.binding import OnnxModule
 from trainers.data import load_dataset, make_loader, source_name, take, train_augment
-from trainers.dhspg import DHSPG, DHSPGOptions, compile_decision
+from trainers.dhspg import DHSPGOptions, compile_decision
 from trainers.train.options import DEVICES, EVAL_BATCH, TrainOptions
+from trainers.zig import ZigIndex
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,21 @@ class Split:
                 "limited": len(self.y) < self.available}
 
 
+class Pruner(Protocol):
+    """What the loop, the checkpoints and the outputs use of a run's optimizer: the loop sets
+    ``param_groups[0]["lr"]`` each step and logs ``diagnostics()`` per epoch (its ``step`` and
+    ``group_sparsity`` go to metrics.json), the outputs count zero groups in ``zig``."""
+
+    param_groups: list[dict[str, Any]]
+    zig: ZigIndex
+
+    def step(self) -> Any: ...
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def diagnostics(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class Run:
     """Everything one training run holds; built by ``prepare``."""
@@ -127,7 +148,7 @@ class Run:
     parts: Partition
     module: OnnxModule
     net: torch.nn.Module
-    optimizer: DHSPG
+    optimizer: Pruner
     train: Split
     test: Split
     train_loader: DataLoader
@@ -140,7 +161,6 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     start_epoch: int = 0
-    slim: Any = None  # trainers.train.slim.Slim once the run trains the slim network
 
 
 def _input_dims(module: OnnxModule, model: onnx.ModelProto) -> tuple[int | None, ...]:
@@ -197,6 +217,41 @@ def _check_data_fits(module: OnnxModule, model: onnx.ModelProto, train: Split, t
                                f"0..{classes - 1}); {beyond.size} label(s) out of range")
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What an optimizer factory may need besides the job: the options, the training split (a
+    pruner draws its own seeded batches from it), the steps per epoch and this process."""
+
+    options: TrainOptions
+    train: Split
+    steps_per_epoch: int
+    world: World
+    device: torch.device
+
+
+# (the optimizer over job.module's parameters, a line the run logs before training)
+OptimizerFactory = Callable[[Job, Setup], tuple[Pruner, str]]
+
+
+def dhspg_optimizer(job: Job, setup: Setup) -> tuple[Pruner, str]:
+    """DHSPG as the options say; the line says whether its sums are compiled."""
+    options = setup.options
+    compile_stats, compile_note = compile_decision(
+        sum(p.numel() for p in job.module.parameters()), requested=options.compile_stats)
+    try:
+        dhspg_options = DHSPGOptions(
+            lr=options.lr, variant=options.variant, momentum=options.momentum,
+            weight_decay=options.weight_decay, target_group_sparsity=options.target,
+            epsilon=options.epsilon, lam=options.lam,
+            lam_amplify=options.lam_amplify, lam_hat=options.lam_hat,
+            warmup_steps=options.warmup_epochs * setup.steps_per_epoch,
+            period=options.period_steps, reselect=options.reselect, seed=options.seed,
+            compile_stats=compile_stats)
+    except ValueError as exc:
+        raise OnnxotoError(str(exc)) from exc
+    return job.dhspg(options.lr, options.target, options=dhspg_options), compile_note
+
+
 def wrap_ddp(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     """``module`` in DistributedDataParallel under torchrun, else ``module`` itself."""
     if not world.distributed:
@@ -205,7 +260,8 @@ def wrap_ddp(module: torch.nn.Module, world: World, device: torch.device) -> tor
                                    device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device) -> Run:
+def prepare(model_path: Path, options: TrainOptions, world: World, device: torch.device,
+            make_optimizer: OptimizerFactory = dhspg_optimizer) -> Run:
     job = attach(model_path)
     parts, model, module = job.parts, job.parts.model, job.module
     train = Split.load(options.data, "train", options.limit_train)
@@ -214,24 +270,12 @@ def prepare(model_path: Path, options: TrainOptions, world: World, device: torch
     module.to(device)
     train_loader = make_loader(train.x, train.y, options.batch_size, True, options.seed,
                                distributed=world.distributed, augment=train_augment(options.data))
-    compile_stats, compile_note = compile_decision(
-        sum(p.numel() for p in module.parameters()), requested=options.compile_stats)
-    steps_per_epoch = len(train_loader)
-    try:
-        dhspg_options = DHSPGOptions(
-            lr=options.lr, variant=options.variant, momentum=options.momentum,
-            weight_decay=options.weight_decay, target_group_sparsity=options.target,
-            epsilon=options.epsilon, lam=options.lam,
-            lam_amplify=options.lam_amplify, lam_hat=options.lam_hat,
-            warmup_steps=options.warmup_epochs * steps_per_epoch,
-            period=options.period_steps, reselect=options.reselect, seed=options.seed,
-            compile_stats=compile_stats)
-    except ValueError as exc:
-        raise OnnxotoError(str(exc)) from exc
-    optimizer = job.dhspg(options.lr, options.target, options=dhspg_options)
+    setup = Setup(options=options, train=train, steps_per_epoch=len(train_loader), world=world,
+                  device=device)
+    optimizer, note = make_optimizer(job, setup)
     net = wrap_ddp(module, world, device)
     test_loader = make_loader(test.x, test.y, EVAL_BATCH, False, options.seed)
     return Run(model_path=model_path, model=model, parts=parts, module=module, net=net,
                optimizer=optimizer, train=train, test=test, train_loader=train_loader,
                test_loader=test_loader, device=device, world=world, options=options,
-               model_sha256=parts.model_info["sha256"], compile_note=compile_note)
+               model_sha256=parts.model_info["sha256"], compile_note=note)

@@ -262,6 +262,8 @@ def fisher_memory(shapes: Mapping[str, tuple[int, ...]], options: FisherOptions)
     biggest = max(sizes, default=0)
     per_block = (biggest * n + min(n, biggest) ** 2 + biggest * biggest) * item
     workspace = min(options.chunk_blocks, len(sizes)) * per_block
+    if options.low_rank:  # one block at a time, and no d x d temporary: its N x N system
+        workspace = n * n * item
     gradients = n * numel * 4
     return {"weights": numel, "blocks": len(sizes), "inverse": inverse, "gradients": gradients,
             "workspace": workspace, "total": inverse + gradients + workspace}

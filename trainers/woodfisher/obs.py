@@ -91,7 +91,8 @@ def obs_update(weights: Tensors, fisher: BlockFisher, keep: Tensors, *,
         if block.name not in flat_w:
             continue
         span = slice(block.start, block.stop)
-        pruned = torch.nonzero(~flat_keep[block.name][span]).squeeze(1)
+        # on the CPU, as the inverse is: a CUDA index cannot index it
+        pruned = torch.nonzero(~flat_keep[block.name][span].cpu()).squeeze(1)
         if pruned.numel():
             w = flat_w[block.name][span][pruned].to(inverse)
             columns = inverse[:, pruned]

@@ -1,6 +1,7 @@
 """Gradual pruning: the cubic sparsity schedule of Zhu & Gupta that WoodFisher's gradual runs
 use, and a pruner that re-estimates the Fisher at every pruning step and holds the masks in
-between (pruned weights would otherwise grow back under the optimizer).
+between (pruned weights would otherwise grow back under the optimizer), of single weights or
+(``GradualPruner.structured``) of whole zero-invariant groups.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import torch
 
 from onnxoto.errors import OnnxotoError
 from trainers.woodfisher.fisher import Batch, BlockFisher, FisherOptions, LossFn
+from trainers.woodfisher.group_obs import GROUP_CRITERIA, prune_groups, zig_axes
 from trainers.woodfisher.obs import apply_masks, prune_unstructured
+from trainers.zig import ZigIndex
 
 __all__ = ["CubicSchedule", "GradualPruner"]
 
@@ -51,10 +54,11 @@ class CubicSchedule:
 
 
 class GradualPruner:
-    """Unstructured gradual pruning of ``params``: call ``step(t, ...)`` before each training
-    step t (it prunes when the schedule says so, with a fresh Fisher for ``woodfisher``) and
-    ``hold()`` after each optimizer step to keep pruned weights at exactly 0. ``joint`` selects
-    the joint OBS update (see ``obs_update``)."""
+    """Gradual pruning of ``params``: call ``step(t, ...)`` before each training step t (it
+    prunes when the schedule says so, with a fresh Fisher for ``woodfisher``) and ``hold()``
+    after each optimizer step to keep pruned weights at exactly 0. ``joint`` selects the joint
+    OBS update (see ``obs_update``). Unstructured (single weights) unless made by
+    ``structured``; ``state_dict`` holds the masks, so a resumed run holds the same ones."""
 
     def __init__(self, params: Mapping[str, torch.Tensor], schedule: CubicSchedule,
                  criterion: str = "woodfisher", fisher: FisherOptions | None = None, *,
@@ -65,6 +69,22 @@ class GradualPruner:
         self.fisher_options = fisher or FisherOptions()
         self.joint = joint
         self.keep: dict[str, torch.Tensor] | None = None
+        self.zig: ZigIndex | None = None
+        self.pruned: torch.Tensor | None = None
+
+    @classmethod
+    def structured(cls, zig: ZigIndex, schedule: CubicSchedule, criterion: str = "woodfisher",
+                   fisher: FisherOptions | None = None, *, joint: bool = False) -> GradualPruner:
+        """Whole ZIGs of ``zig`` (``prune_groups``: group OBS or group magnitude), the schedule's
+        sparsity read as group sparsity; the Fisher covers the ZIG parameters, laid out with
+        ``zig_axes``. Pruned ZIGs rank first at the next step, so earlier choices stay."""
+        if criterion not in GROUP_CRITERIA:
+            raise OnnxotoError(f"group criterion {criterion!r}: choose from "
+                               f"{', '.join(GROUP_CRITERIA)}")
+        pruner = cls({e.name: e.param for e in zig.entries}, schedule, criterion, fisher,
+                     joint=joint)
+        pruner.zig = zig
+        return pruner
 
     def step(self, step: int, model: torch.nn.Module,
              batches: Callable[[], Iterable[Batch]], loss_fn: LossFn) -> bool:
@@ -74,13 +94,41 @@ class GradualPruner:
             return False
         fisher = None
         if self.criterion == "woodfisher":
+            axes = zig_axes(self.zig) if self.zig is not None else None
             fisher = BlockFisher.estimate(model, self.params, batches(), loss_fn,
-                                          self.fisher_options)
-        self.keep = prune_unstructured(self.params, self.schedule.sparsity(step),
-                                       self.criterion, fisher=fisher, keep=self.keep,
+                                          self.fisher_options, axes)
+        sparsity = self.schedule.sparsity(step)
+        if self.zig is not None:
+            self.pruned = prune_groups(self.zig, sparsity, self.criterion, fisher=fisher,
                                        joint=self.joint)
+        else:
+            self.keep = prune_unstructured(self.params, sparsity, self.criterion,
+                                           fisher=fisher, keep=self.keep, joint=self.joint)
         return True
 
     def hold(self) -> None:
-        if self.keep is not None:
+        if self.pruned is not None:
+            self.zig.zero_(self.params, self.pruned.to(self.zig.device))
+        elif self.keep is not None:
             apply_masks(self.params, self.keep)
+
+    @torch.no_grad()
+    def weight_sparsity(self) -> float:
+        """Share of exactly-zero weights among the pruned parameters."""
+        total = sum(p.numel() for p in self.params.values())
+        zeros = sum(int((p == 0).sum()) for p in self.params.values())
+        return zeros / total if total else 0.0
+
+    def state_dict(self) -> dict[str, object]:
+        """The masks held so far (empty before the first pruning step)."""
+        return {"keep": {n: k.clone() for n, k in (self.keep or {}).items()},
+                "pruned": None if self.pruned is None else self.pruned.clone()}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        keep, pruned = state["keep"], state["pruned"]
+        wrong_kind = (pruned is not None and self.zig is None) or (keep and self.zig is not None)
+        if set(keep) - set(self.params) or wrong_kind:
+            raise OnnxotoError("gradual pruner state: masks for other parameters or of the "
+                               "other kind (structured vs unstructured)")
+        self.keep = {n: k.to(self.params[n].device) for n, k in keep.items()} or None
+        self.pruned = None if pruned is None else pruned.cpu()
