@@ -86,6 +86,20 @@ def test_unstructured_one_shot(mlpnet, synthetic, tmp_path):
     assert metrics["steps"] == 8
 
 
+def test_magnitude_baseline_prunes_the_smallest_weights(mlpnet, synthetic, tmp_path):
+    """--criterion magnitude: the zeros after fine-tuning are exactly the given model's smallest
+    |w| over all weight matrices (one global threshold), and no Fisher is estimated."""
+    metrics = _run(mlpnet, synthetic, tmp_path, "--sparsity", "0.7", "--criterion", "magnitude",
+                   "--max-fisher-gb", "1e-9")
+    given = {n: w for n, w in _weights(mlpnet).items() if w.ndim >= 2}
+    trained = _weights(tmp_path / FILES["trained"])
+    flat = np.concatenate([np.abs(w).ravel() for w in given.values()])
+    threshold = np.sort(flat)[round(0.7 * flat.size) - 1]
+    for name, w in given.items():
+        np.testing.assert_array_equal(trained[name] == 0, np.abs(w) <= threshold, err_msg=name)
+    assert metrics["options"]["criterion"] == "magnitude"
+
+
 @pytest.mark.parametrize("extra", [[], ["--low-rank", "--joint", "--block-size", "100000"]],
                          ids=["dense-blocks", "low-rank-layers-joint"])
 def test_structured_one_shot_shrinks_and_validates(extra, mlpnet, synthetic, tmp_path):
@@ -178,7 +192,7 @@ def test_onnxoto_train_woodfisher_help():
     assert result.exit_code == 0
     for option in ("--sparsity", "--structured", "--gradual", "--steps", "--fisher-samples",
                    "--fisher-batch", "--block-size", "--damping", "--low-rank", "--joint",
-                   "--max-fisher-gb", "--resume",
+                   "--max-fisher-gb", "--criterion", "--resume",
                    "--overwrite", "--json", "--momentum"):
         assert option in result.output, option
     assert "one-shot" in result.output

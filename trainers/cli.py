@@ -27,7 +27,7 @@ from trainers.train import (
     run_dhspg,
     summary_rows,
 )
-from trainers.woodfisher.run import GRADUAL_STEPS, WoodFisherOptions, run_woodfisher
+from trainers.woodfisher.run import CRITERIA, GRADUAL_STEPS, WoodFisherOptions, run_woodfisher
 
 DEFAULTS = TrainOptions()
 DEFAULT_LR_TEXT = ", ".join(f"{variant} {lr:g}" for variant, lr in DEFAULT_LR.items())
@@ -192,6 +192,10 @@ WOODFISHER = WoodFisherOptions()
 @click.option("--joint", is_flag=True,
               help="Solve the OBS update for all weights pruned in a block at once (exact for "
                    "the quadratic model) instead of summing each weight's update (the paper's).")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), default=WOODFISHER.criterion,
+              show_default=True,
+              help="magnitude: the baseline on the same path (smallest |w| over all layers, or "
+                   "smallest channel norms with --structured; no Fisher, no update).")
 @click.option("--max-fisher-gb", type=click.FloatRange(min=0, min_open=True),
               default=WOODFISHER.max_fisher_gb, show_default=True,
               help="Refuse to start when the Fisher blocks need more memory (GiB).")

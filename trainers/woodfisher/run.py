@@ -46,6 +46,9 @@ from trainers.zig import ZigIndex, build_zig_index
 __all__ = ["WoodFisher", "WoodFisherOptions", "run_woodfisher", "woodfisher_optimizer"]
 
 GIB = 2 ** 30
+# --criterion -> (unstructured, structured) criterion of trainers.woodfisher
+CRITERIA = {"woodfisher": ("woodfisher", "woodfisher"), "magnitude": ("global_magnitude",
+                                                                      "magnitude")}
 GRADUAL_STEPS = 4
 # TrainOptions fields that only DHSPG reads: left out of metrics.json's options.
 _DHSPG_ONLY = ("target", "variant", "warmup_epochs", "period_steps", "reselect", "epsilon", "lam",
@@ -54,7 +57,7 @@ _DHSPG_ONLY = ("target", "variant", "warmup_epochs", "period_steps", "reselect",
 # a run that agrees on all of them. Epochs always: the schedule spans every epoch's steps.
 _RUN_KEYS = ("data", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "limit_train",
              "seed", "epochs", "sparsity", "structured", "gradual", "steps", "fisher_samples",
-             "fisher_batch", "block_size", "damping", "low_rank", "joint")
+             "fisher_batch", "block_size", "damping", "low_rank", "joint", "criterion")
 
 
 @dataclass
@@ -65,8 +68,9 @@ class WoodFisherOptions(TrainOptions):
     and the Fisher: ``fisher_samples`` gradients of ``fisher_batch`` samples each, blocks of
     ``block_size`` weights, ``damping``, ``low_rank`` blocks (structured only: each block kept
     as its gradients, O(N d) instead of d^2, so a block can be a whole layer); ``joint`` solves
-    the OBS update for each block's pruned set at once instead of summing single updates. A
-    Fisher needing more than ``max_fisher_gb`` GiB is refused before any work."""
+    the OBS update for each block's pruned set at once instead of summing single updates;
+    ``criterion`` magnitude is the baseline on the same path (global |w|, or ||w_Q|| of a ZIG;
+    no Fisher). A Fisher needing more than ``max_fisher_gb`` GiB is refused before any work."""
 
     method: ClassVar[str] = "woodfisher"
     sparsity: float = 0.5
@@ -79,6 +83,7 @@ class WoodFisherOptions(TrainOptions):
     damping: float = 1e-5
     low_rank: bool = False
     joint: bool = False
+    criterion: str = "woodfisher"
     max_fisher_gb: float = 4.0
     warmup_epochs: int = 0  # DHSPG's; no warm-up here
     out: Path = Path("out/woodfisher")
@@ -104,6 +109,8 @@ class WoodFisherOptions(TrainOptions):
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
             raise OnnxotoError(f"options out of range: need {', '.join(broken)}")
+        if self.criterion not in CRITERIA:
+            raise OnnxotoError(f"criterion {self.criterion!r}: choose from {', '.join(CRITERIA)}")
         if self.low_rank and not self.structured:
             raise OnnxotoError("low_rank needs structured: the unstructured OBS update reads "
                                "dense block inverses; drop --low-rank or add --structured")
@@ -238,30 +245,33 @@ def woodfisher_optimizer(job: Job, setup: Setup) -> tuple[WoodFisher, str]:
     every = total // options.steps
     schedule = CubicSchedule(0.0, options.sparsity, start=-every,
                              end=(options.steps - 1) * every, every=every)
+    unstructured, structured = CRITERIA[options.criterion]
     if options.structured:
-        pruner = GradualPruner.structured(zig, schedule, "woodfisher", fisher,
-                                          joint=options.joint)
+        pruner = GradualPruner.structured(zig, schedule, structured, fisher, joint=options.joint)
     else:
         weights = {n: p for n, p in job.params.items() if p.dim() >= 2}
         if not weights:
             raise OnnxotoError(f"'{job.source}': no weight matrix or kernel (a parameter of rank "
                                f">= 2) to prune")
-        pruner = GradualPruner(weights, schedule, "woodfisher", fisher, joint=options.joint)
-    memory = fisher_memory({n: tuple(p.shape) for n, p in pruner.params.items()}, fisher)
-    what = (f"{memory['weights']:,} weights in {memory['blocks']} blocks of <= "
-            f"{options.block_size}{' (low-rank)' if options.low_rank else ''}: "
-            f"{_gib(memory['total'])} (inverses "
-            f"{_gib(memory['inverse'])}, {options.fisher_samples} gradients "
-            f"{_gib(memory['gradients'])})")
-    if memory["total"] > options.max_fisher_gb * GIB:
-        raise OnnxotoError(f"fisher: {what} is over --max-fisher-gb {options.max_fisher_gb:g}; "
-                           f"lower --block-size (the inverses grow with it) or --fisher-samples, "
-                           f"or raise --max-fisher-gb")
+        pruner = GradualPruner(weights, schedule, unstructured, fisher, joint=options.joint)
     kind = "groups (structured)" if options.structured else "weights (unstructured)"
     when = ("at step 0" if options.steps == 1
             else f"in {options.steps} steps, every {every} training steps")
-    note = (f"woodfisher: prune {options.sparsity:.1%} of the {kind} {when}; Fisher of {what}, "
-            f"{options.fisher_batch} sample(s) per gradient, damping {options.damping:g}")
+    note = f"woodfisher: prune {options.sparsity:.1%} of the {kind} {when}"
+    if options.criterion != "woodfisher":
+        note += f" by {options.criterion} (no Fisher)"
+    else:
+        memory = fisher_memory({n: tuple(p.shape) for n, p in pruner.params.items()}, fisher)
+        what = (f"{memory['weights']:,} weights in {memory['blocks']} blocks of <= "
+                f"{options.block_size}{' (low-rank)' if options.low_rank else ''}: "
+                f"{_gib(memory['total'])} (inverses {_gib(memory['inverse'])}, "
+                f"{options.fisher_samples} gradients {_gib(memory['gradients'])})")
+        if memory["total"] > options.max_fisher_gb * GIB:
+            raise OnnxotoError(f"fisher: {what} is over --max-fisher-gb "
+                               f"{options.max_fisher_gb:g}; lower --block-size (the inverses grow "
+                               f"with it) or --fisher-samples, or raise --max-fisher-gb")
+        note += (f"; Fisher of {what}, {options.fisher_batch} sample(s) per gradient, damping "
+                 f"{options.damping:g}")
     progress = setup.world.main and not options.quiet and sys.stderr.isatty()
     data = (torch.from_numpy(setup.train.x), torch.from_numpy(setup.train.y))
     optimizer = WoodFisher(job.module, job.params, pruner, zig, data, lr=options.lr,
