@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 import trainers.train
+from onnxoto.errors import OnnxotoError
 from onnxoto.groups import load_masks
 from onnxoto.partition import partition
 from trainers.__main__ import main
@@ -202,6 +203,12 @@ def test_resume_across_the_switch(demonet, data, tmp_path, monkeypatch, killed_a
         run_dhspg(demonet, TrainOptions(out=tmp_path / "b", **options))
     state = torch.load(tmp_path / "b" / FILES["checkpoint"], weights_only=True)
     assert (state["slim"] is None) == (killed_after == 1)
+    if state["slim"] is not None:  # a cut slim graph is refused in one line, not a traceback
+        state["slim"]["onnx"] = state["slim"]["onnx"][:100]
+        (tmp_path / "c").mkdir()
+        torch.save(state, tmp_path / "c" / FILES["checkpoint"])
+        with pytest.raises(OnnxotoError, match="damaged checkpoint \\(slim network"):
+            run_dhspg(demonet, TrainOptions(out=tmp_path / "c", resume=True, **options))
     monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
     resumed = run_dhspg(demonet, TrainOptions(out=tmp_path / "b", resume=True, **options))
     for name in (FILES["trained"], FILES["slim"]):

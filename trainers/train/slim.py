@@ -27,7 +27,7 @@ import onnx
 import torch
 from torch import Tensor
 
-from onnxoto.errors import OnnxotoError
+from onnxoto.errors import OnnxotoError, one_line
 from onnxoto.masking import tensor_protos
 from onnxoto.metrics import measure
 from onnxoto.partition import Partition
@@ -152,6 +152,7 @@ def switch(run: Run, epoch: int, log: Log | None = None) -> None:
     _enter(run, result.model, result.masks, epoch, full.diagnostics(), summary)
     run.optimizer = slim_optimizer(full, run.module.onnx_parameters(), run.slim.kept)
     full.state.clear()  # moved to the slim optimizer; a resumed run has none either
+    full.zero_grad(set_to_none=True)
     summary["seconds"] = time.perf_counter() - started
     run.train_seconds += summary["seconds"]
     if log is not None:
@@ -170,8 +171,7 @@ def restore(run: Run, saved: dict[str, Any]) -> None:
         run.module.load_state_dict(saved["full_module"])
     except Exception as exc:
         raise OnnxotoError(f"'{run.options.out}': damaged checkpoint (slim network: "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                           f"run with --overwrite to start again") from exc
+                           f"{one_line(exc)}); run with --overwrite to start again") from exc
     full = run.optimizer
     _enter(run, model, masks, int(saved["epoch"]), dict(saved["diagnostics"]),
            dict(saved["summary"]))
