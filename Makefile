@@ -8,7 +8,7 @@ SEEDS ?= 0 1 2
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo test lint bench bench-demonet clean
+.PHONY: venv data demo test lint bench bench-demonet bench-woodfisher-demonet clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ bench: $(STAMP) data
 # killed one resumes from its last epoch.
 bench-demonet: $(STAMP) data
 	$(PY) benchmarks/demonet_official.py --seeds $(SEEDS) --out out/demonet_official
+
+# Structured WoodFisher on DemoNet: group OBS vs group magnitude vs DHSPG at matched MACs, and
+# gradual vs one-shot group OBS; benchmarks/results/woodfisher_demonet.{json,md,png}.
+bench-woodfisher-demonet: $(STAMP) data
+	$(PY) benchmarks/woodfisher_demonet.py
 
 clean:
 	rm -rf $(VENV) out
