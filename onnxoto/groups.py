@@ -8,6 +8,7 @@ Channel ``c`` of a group owns, along a member's axis, the indices
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,16 @@ class IndexMap:
         chans = chans.astype(np.int64).reshape(-1, 1)
         ks = np.arange(self.block, dtype=np.int64).reshape(1, -1)
         return (self.offset + chans * self.channel_step + ks * self.stride).reshape(-1)
+
+    def span(self, size: int) -> slice | np.ndarray:
+        """The indices of all ``size`` channels, as a slice where they are evenly spaced (a
+        plain or offset map): indexing with a slice costs no index array."""
+        step = self.channel_step
+        if self.block == 1 and step > 0:
+            return slice(self.offset, self.offset + size * step, step)
+        if self.stride == 1 and step == self.block:
+            return slice(self.offset, self.offset + size * step)
+        return self.indices(np.arange(size))
 
     def channel_of(self, index: int, size: int) -> int | None:
         """The channel (of ``size``) owning ``index``, or None if no channel owns it."""
@@ -176,20 +187,20 @@ def params_covered(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) ->
             axes = covered.setdefault(m.initializer, {})
             if m.axis not in axes:
                 axes[m.axis] = np.zeros(sizes[m.initializer][m.axis], dtype=bool)
-            axes[m.axis][m.index_map.indices(np.arange(group.size))] = True
+            axes[m.axis][m.index_map.span(group.size)] = True
     total = 0
     for name, axes in covered.items():
         shape = sizes[name]
         untouched = 1
         for axis, dim in enumerate(shape):
-            untouched *= dim - (int(axes[axis].sum()) if axis in axes else 0)
-        total += int(np.prod(shape, dtype=np.int64)) - untouched
+            untouched *= dim - (int(np.count_nonzero(axes[axis])) if axis in axes else 0)
+        total += math.prod(shape) - untouched
     return total
 
 
 def summarize(groups: list[Group], sizes: Mapping[str, tuple[int, ...]]) -> dict:
     """Counts for the partition.json summary and the CLI table."""
-    total_params = sum(int(np.prod(s, dtype=np.int64)) for s in sizes.values())
+    total_params = sum(math.prod(s) for s in sizes.values())
     prunable = [g for g in groups if g.prunable]
     in_groups = params_covered(prunable, sizes)
     reasons: dict[str, int] = {}

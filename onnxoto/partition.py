@@ -31,7 +31,7 @@ from onnxoto.groups import (
     write_atomic,
 )
 from onnxoto.rules import rule_for
-from onnxoto.spaces import MemberRecord, SlotForest, Tracer, node_label
+from onnxoto.spaces import MemberRecord, Tracer, components, node_label
 
 
 @dataclass
@@ -154,45 +154,20 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
     the same members, so a Split or Slice of one stem's channels cuts it into groups that every
     member covers whole (each then gets a plain offset map)."""
     roots = tracer.forest.roots()
-    kin = SlotForest()
-    kin.parent = roots.tolist()
-    for born in tracer.births:
-        kin.union(np.full(born.shape, born[0]), born)
-    family = kin.roots()
+    family = _families(tracer, roots)
     signature = _coverage_signatures(tracer, roots)
-
-    slot_group = np.full(roots.shape, -1, dtype=np.int64)
-    slot_channel = np.full(roots.shape, -1, dtype=np.int64)
-    class_group: dict[int, int] = {}
-    class_channel: dict[int, int] = {}
-    family_group: dict[tuple[int, int], int] = {}
-    sizes: list[int] = []
-    for born in tracer.births:
-        previous = None
-        for slot in born.tolist():
-            cls = int(roots[slot])
-            if cls in class_group:  # seen: a head's later columns stay in the run, others end it
-                if previous is None or class_group[cls] != family_group[previous]:
-                    previous = None
-                continue
-            key = (int(family[slot]), int(signature[cls]))
-            if key != previous:  # a new run of channels: a group stays contiguous in its stem
-                family_group[key] = len(sizes)
-                sizes.append(0)
-            previous = key
-            gid = family_group[key]
-            class_group[cls], class_channel[cls] = gid, sizes[gid]
-            sizes[gid] += 1
-    slot_group[:] = [class_group[int(c)] for c in roots.tolist()]
-    slot_channel[:] = [class_channel[int(c)] for c in roots.tolist()]
+    class_group, class_channel, sizes = _number_channels(tracer.births, roots, family, signature)
+    slot_group = class_group[roots]
+    slot_channel = class_channel[roots]
 
     reasons: list[list[str]] = [[] for _ in sizes]
-    for slots, rid in tracer.taints:
-        for gid in np.unique(slot_group[slots]).tolist():
-            _add_reason(reasons[gid], tracer.reasons[rid])
+    for rid, gid in _taint_pairs(tracer.taints, slot_group):
+        _add_reason(reasons[gid], tracer.reasons[rid])
     members: list[list[Member]] = [[] for _ in sizes]
-    for record in tracer.members:
-        _split_record(record, slot_group, slot_channel, sizes, members, reasons, tracer)
+    plain = _plain_records(tracer.members, slot_group, slot_channel, sizes)
+    for record, is_plain in zip(tracer.members, plain.tolist(), strict=True):
+        _split_record(record, slot_group, slot_channel, sizes, members, reasons, tracer,
+                      plain=is_plain)
     _check_shared(members, reasons, tracer)
 
     groups = []
@@ -212,6 +187,86 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
     return result
 
 
+def _families(tracer: Tracer, roots: np.ndarray) -> np.ndarray:
+    """Per slot, the smallest slot of its family: classes joined with every class born in
+    the same stem."""
+    if not tracer.births:
+        return roots
+    firsts = np.concatenate([np.full(born.shape, born[0]) for born in tracer.births if born.size])
+    return components(roots, firsts, np.concatenate(tracer.births))
+
+
+def _number_channels(births: list[np.ndarray], roots: np.ndarray, family: np.ndarray,
+                     signature: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Group and channel of every class, visiting the stems' slots in birth order.
+
+    A class's first slot joins the current run of channels when it has the run's (family,
+    signature) key, else starts a new group: a group stays contiguous in its stem. A slot of
+    a class seen before ends the run unless that class is in the run (a head's later columns).
+    Slots come in blocks (same key, or all seen) that are handled whole, so the Python loop
+    runs per block, not per slot. Returns class -> group, class -> channel, group sizes.
+    """
+    group_of = np.full(roots.shape, -1, dtype=np.int64)
+    channel_of = np.full(roots.shape, -1, dtype=np.int64)
+    sizes: list[int] = []
+    births = [born for born in births if born.size]
+    if not births:
+        return group_of, channel_of, sizes
+    order = np.concatenate(births)
+    classes = roots[order]
+    count = order.shape[0]
+    first_seen = np.full(roots.shape, count, dtype=np.int64)
+    np.minimum.at(first_seen, classes, np.arange(count))
+    opens = first_seen[classes]  # position of each class's first slot
+    fresh = opens == np.arange(count)
+    families, signatures = family[order], signature[classes]
+    starts = np.zeros(count, dtype=bool)
+    starts[np.cumsum([0] + [born.shape[0] for born in births[:-1]])] = True
+    stem_start = starts.copy()
+    starts[1:] |= (fresh[1:] != fresh[:-1]) | (families[1:] != families[:-1]) | \
+        (signatures[1:] != signatures[:-1])
+    bounds = np.nonzero(starts)[0]
+    ends = np.append(bounds[1:], count)
+    earliest = np.minimum.reduceat(opens, bounds)  # for seen blocks: oldest class they read
+    run_key, run_start, run_gid = None, 0, -1
+    block_gid = np.full(bounds.shape, -1, dtype=np.int64)
+    block_channel = np.zeros(bounds.shape, dtype=np.int64)
+    for index, (start, end) in enumerate(zip(bounds.tolist(), ends.tolist(), strict=True)):
+        if stem_start[start]:
+            run_key = None
+        if not fresh[start]:
+            if run_key is not None and earliest[index] < run_start:
+                run_key = None  # a class of an earlier group: the run ends
+            continue
+        key = (int(families[start]), int(signatures[start]))
+        if key != run_key:
+            run_key, run_start, run_gid = key, start, len(sizes)
+            sizes.append(0)
+        block_gid[index], block_channel[index] = run_gid, sizes[run_gid]
+        sizes[run_gid] += end - start
+    block = np.cumsum(starts) - 1
+    firsts = np.nonzero(fresh)[0]
+    group_of[classes[firsts]] = block_gid[block[firsts]]
+    channel_of[classes[firsts]] = block_channel[block[firsts]] + firsts - bounds[block[firsts]]
+    return group_of, channel_of, sizes
+
+
+def _taint_pairs(taints: list[tuple[np.ndarray, int]], slot_group: np.ndarray) -> list[
+        tuple[int, int]]:
+    """(reason id, group) for every group each taint touches, in taint order, then group
+    order, without repeats within one taint."""
+    if not taints:
+        return []
+    lengths = np.array([slots.shape[0] for slots, _ in taints], dtype=np.int64)
+    which = np.repeat(np.arange(len(taints), dtype=np.int64), lengths)
+    groups = slot_group[np.concatenate([np.asarray(slots, dtype=np.int64).reshape(-1)
+                                        for slots, _ in taints])]
+    width = int(slot_group.max(initial=0)) + 1
+    pairs = np.unique(which * width + groups)
+    rids = [rid for _, rid in taints]
+    return [(rids[p // width], p % width) for p in pairs.tolist()]
+
+
 def _one_line_per_kind(reasons: list[str], kinds: dict[str, str]) -> list[str]:
     """A group's reasons, one per kind: five LayerNorms reading one residual stream are one
     line naming the first, not five (nor one per Add the stream passes)."""
@@ -223,15 +278,19 @@ def _one_line_per_kind(reasons: list[str], kinds: dict[str, str]) -> list[str]:
 
 
 def _coverage_signatures(tracer: Tracer, roots: np.ndarray) -> np.ndarray:
-    """Per class, the XOR of a random 64-bit key of every member record that covers it, times
-    how often it covers it: two classes share a signature iff the same records cover both
-    equally often (up to 2^-64 collisions), so each group maps onto every member the same way
-    (a ghost module sliced to C keeps some channels' cheap copies and not others')."""
-    keys = np.random.default_rng(0).integers(1, 2**63, size=len(tracer.members), dtype=np.int64)
+    """Per class, the sum (wrapping around) of a random 64-bit key of every member record
+    that covers it, once per index it covers: two classes share a signature iff the same
+    records cover both equally often (up to ~2^-63 collisions), so each group maps onto every
+    member the same way (a ghost module sliced to C keeps some channels' cheap copies and not
+    others'). One scatter-add over all member indices, no sort."""
+    records = tracer.members
     signature = np.zeros(roots.shape, dtype=np.int64)
-    for key, record in zip(keys, tracer.members, strict=True):
-        classes, counts = np.unique(roots[record.slots], return_counts=True)
-        signature[classes] ^= key * counts  # wraps around: only equality matters
+    if not records:
+        return signature
+    keys = np.random.default_rng(0).integers(1, 2**63, size=len(records), dtype=np.int64)
+    slots = [np.asarray(r.slots, dtype=np.int64).reshape(-1) for r in records]
+    covers = np.repeat(keys, [s.shape[0] for s in slots])
+    np.add.at(signature, roots[np.concatenate(slots)], covers)
     return signature
 
 
@@ -240,27 +299,51 @@ def _add_reason(reasons: list[str], text: str) -> None:
         reasons.append(text)
 
 
+def _plain_records(records: list[MemberRecord], slot_group: np.ndarray,
+                   slot_channel: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Per record, whether index i is channel i of one group, all of its channels (the common
+    case), checked for all records in one pass of array operations."""
+    lengths = np.array([len(r.slots) for r in records], dtype=np.int64)
+    plain = np.zeros(len(records), dtype=bool)
+    full = np.nonzero(lengths)[0]
+    if not full.size:
+        return plain
+    slots = np.concatenate([np.asarray(records[i].slots, dtype=np.int64).reshape(-1)
+                            for i in full.tolist()])
+    groups, channels = slot_group[slots], slot_channel[slots]
+    starts = np.cumsum(lengths[full]) - lengths[full]
+    which = np.repeat(np.arange(full.size), lengths[full])
+    first = groups[starts]
+    fits = (groups == first[which]) & (channels == np.arange(slots.size) - starts[which])
+    plain[full] = np.logical_and.reduceat(fits, starts) & \
+        (lengths[full] == np.asarray(sizes, dtype=np.int64)[first])
+    return plain
+
+
+_PLAIN_MAP = IndexMap()
+
+
 def _split_record(record: MemberRecord, slot_group, slot_channel, sizes, members, reasons,
-                  tracer: Tracer) -> None:
-    """Turn one traced member (index -> slot) into one Member per group it touches."""
+                  tracer: Tracer, *, plain: bool) -> None:
+    """Turn one traced member (index -> slot) into one Member per group it touches
+    (``plain``: see ``_plain_records``)."""
     view = tracer.view
-    groups_here = slot_group[record.slots]
-    channels_here = slot_channel[record.slots]
     users = view.consumers.get(record.initializer, [])
-    first = int(groups_here[0])
     if len(record.slots) != _axis_length(view, record.initializer, record.axis):
-        for gid in np.unique(groups_here).tolist():
+        for gid in np.unique(slot_group[record.slots]).tolist():
             _add_reason(reasons[gid], tracer.note(
                 f"'{record.initializer}' axis {record.axis} does not have the "
                 f"{len(record.slots)} entries its channels need", "member does not fit"))
         return
-    if (groups_here == first).all() and channels_here.shape[0] == sizes[first] and \
-            (channels_here == np.arange(sizes[first])).all():  # the common case: 1:1
+    if plain:
+        first = int(slot_group[record.slots[0]])
         if len(users) > 1:
             _add_reason(reasons[first], _shared(record.initializer, users, tracer))
-        members[first].append(Member(record.initializer, record.axis, record.role, IndexMap(),
+        members[first].append(Member(record.initializer, record.axis, record.role, _PLAIN_MAP,
                                      record.node))
         return
+    groups_here = slot_group[record.slots]
+    channels_here = slot_channel[record.slots]
     for gid in np.unique(groups_here).tolist():
         selected = np.nonzero(groups_here == gid)[0]
         channels = channels_here[selected]

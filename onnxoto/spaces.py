@@ -2,7 +2,8 @@
 
 A *slot* is one channel created by a stem. Rules move slot arrays through the graph (copy,
 concatenate, repeat, slice) and *union* slots that must be deleted together (the two sides of an
-Add). A union-find over slots makes this one near-linear pass; groups are formed only at the end.
+Add). Unions are recorded while tracing and resolved once, with array operations, when groups
+are formed at the end.
 
 Two kinds of bad news are tracked separately:
 - a *taint* makes a slot's group non-prunable (a LayerNorm counts its channels, an unknown op);
@@ -63,38 +64,68 @@ class MemberRecord:
 
 
 class SlotForest:
-    """Union-find over slot ids, grown in chunks; path halving keeps it near-linear."""
+    """Union-find over slot ids, resolved in bulk.
+
+    ``union`` only records index pairs; ``roots`` resolves all recorded pairs at once with
+    array operations (``components``). A Python ``find`` per slot pair cost most of a
+    ResNet-50 partition. A class's root is its smallest slot.
+    """
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self.size = 0
+        self._roots = np.zeros(0, dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def new(self, count: int) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
+        start = self.size
+        self.size += count
         return np.arange(start, start + count, dtype=np.int64)
 
-    def find(self, slot: int) -> int:
-        parent = self.parent
-        while parent[slot] != slot:
-            parent[slot] = parent[parent[slot]]
-            slot = parent[slot]
-        return slot
-
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        find, parent = self.find, self.parent
-        for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            if x == y:
-                continue
-            rx, ry = find(x), find(y)
-            if rx != ry:
-                if rx < ry:
-                    parent[ry] = rx
-                else:
-                    parent[rx] = ry
+        """Slots ``a[i]`` and ``b[i]`` are deleted together, for every i."""
+        a = np.asarray(a, dtype=np.int64).reshape(-1)
+        b = np.asarray(b, dtype=np.int64).reshape(-1)
+        if a.shape != b.shape:
+            raise ValueError(f"union of {a.shape[0]} slots with {b.shape[0]}")
+        differ = a != b
+        if differ.any():
+            self._pending.append((a[differ], b[differ]))
+
+    def find(self, slot: int) -> int:
+        return int(self.roots()[slot])
 
     def roots(self) -> np.ndarray:
-        return np.fromiter((self.find(s) for s in range(len(self.parent))), np.int64,
-                           count=len(self.parent))
+        """The root of every slot (read-only)."""
+        if self._roots.shape[0] < self.size or self._pending:
+            labels = np.concatenate([self._roots, np.arange(self._roots.shape[0], self.size,
+                                                            dtype=np.int64)])
+            pairs = self._pending
+            self._pending = []
+            if pairs:
+                labels = components(labels, np.concatenate([a for a, _ in pairs]),
+                                    np.concatenate([b for _, b in pairs]))
+            labels.flags.writeable = False
+            self._roots = labels
+        return self._roots
+
+
+def components(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``labels`` (each slot's root, a root being the smallest slot of its class) after also
+    joining ``a[i]`` with ``b[i]``: roots hook onto the smaller root across every pair at once,
+    then pointer jumping flattens the trees; a few rounds connect everything."""
+    parent = labels.copy()
+    while True:
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not differ.any():
+            return parent
+        a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
 
 
 @dataclass
