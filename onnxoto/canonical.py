@@ -9,11 +9,13 @@ initializer to slice and a shared one cannot be sliced per use, so either would 
 never touched), so the groups partition finds are the groups shrink can slice. Partition, shrink
 and the written slim model all use the canonical graph.
 
-Only the part of the graph that is computable before run time goes through onnx-graphsurgeon's
-``fold_constants``: importing the whole graph copies every weight and costs seconds on ResNet-50.
-The folded values are spliced back into the proto, and nodes and initializers nothing reads any
-more are dropped there (what ``cleanup`` would do; the order stays topological). The pass is
-skipped when a cheap scan finds nothing to fold or split (most exports).
+Only the part of the graph that is computable before run time is evaluated, by one onnxruntime
+run of that part alone: importing the whole graph into onnx-graphsurgeon copies every weight and
+costs seconds on ResNet-50, and even on the small part graphsurgeon's import, copy and
+``fold_constants`` cost several times the run itself. The folded values are spliced back into
+the proto, and nodes and initializers nothing reads any more are dropped there (what
+graphsurgeon's ``cleanup`` would do; the order stays topological). The pass is skipped when a
+cheap scan finds nothing to fold or split (most exports).
 Shapes of activations are not folded: an export's batch size is usually its example's, and
 baking it into Reshape targets would fix the slim model's batch.
 """
@@ -146,14 +148,14 @@ def fold(model: onnx.ModelProto, foldable: tuple[int, ...], *, where: str = "mod
     """Replace the ``foldable`` nodes by initializers of the values they compute, in place.
 
     The constant part of the graph is cut out as a small model (a weight only measured by
-    Shape is not copied into it), folded by graphsurgeon, and spliced back. If folding
+    Shape is not copied into it), evaluated by onnxruntime, and spliced back. If folding
     fails, the model stays as it was, with a warning: computed tensors then stay barriers,
     which is safe.
     """
     small, boundary = _constant_part(model, foldable)
     try:
-        values = _fold_with_graphsurgeon(small, boundary)
-    except Exception as exc:  # graphsurgeon and onnxruntime raise many types
+        values = _evaluate(small, boundary)
+    except Exception as exc:  # onnxruntime raises many types
         warnings.warn(f"{where}: constant folding failed ({str(exc).splitlines()[0]}); "
                       f"computed tensors are kept as they are", stacklevel=3)
         return
@@ -176,35 +178,38 @@ def _fold_sources(model: onnx.ModelProto, foldable: tuple[int, ...]) -> list[int
 def _constant_part(model: onnx.ModelProto,
                    foldable: tuple[int, ...]) -> tuple[onnx.ModelProto, list[str]]:
     """The foldable nodes as a model of their own, and the tensors the rest of the graph reads
-    from them (its outputs)."""
+    from them (its outputs). A CastLike whose target type is unknown is left out, and so is
+    every node that needs its output."""
     graph = model.graph
     indices = _fold_sources(model, foldable)
     nodes = [graph.node[i] for i in indices]
-    produced = {out for node in nodes for out in node.output}
     inside = set(indices)
     outside = {name for i, node in enumerate(graph.node) if i not in inside
                for name in reads(node)} | {o.name for o in graph.output}
-    boundary = [out for node in nodes for out in node.output if out in outside]
     initializers = {t.name: t for t in graph.initializer}
+    targets = _elem_types(model, {n.input[1] for n in nodes if n.op_type == "CastLike"})
+    available = set(initializers)
     small_nodes = []
     for node in nodes:
+        values_read = node.input[:1] if node.op_type == "CastLike" else node.input
+        if not all(name in available for name in values_read if name):
+            continue
         if node.op_type == "Shape" and node.input[0] in initializers:
             node = _weight_shape(node, initializers[node.input[0]])
         elif node.op_type == "CastLike":
-            target = _elem_type(model, node.input[1])
-            if not target:
+            if not targets.get(node.input[1]):
                 continue
             node = helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name,
-                                    to=int(target))
+                                    to=int(targets[node.input[1]]))
+        available.update(node.output)
         small_nodes.append(node)
+    boundary = [out for node in small_nodes for out in node.output if out in outside]
     read = sorted({name for node in small_nodes for name in node.input if name in initializers})
     small = helper.make_model(
-        helper.make_graph(small_nodes, "constant_part", [], [],
+        helper.make_graph(small_nodes, "constant_part", [], [onnx.ValueInfoProto(name=name)
+                                                             for name in boundary],
                           initializer=[initializers[name] for name in read]),
         opset_imports=model.opset_import, ir_version=model.ir_version)
-    typed = {v.name: v for v in onnx.shape_inference.infer_shapes(small).graph.value_info}
-    boundary = [name for name in boundary if name in produced and name in typed]
-    small.graph.output.extend(typed[name] for name in boundary)
     return small, boundary
 
 
@@ -217,16 +222,25 @@ def _weight_shape(node: onnx.NodeProto, weight: onnx.TensorProto) -> onnx.NodePr
     return helper.make_node("Constant", [], list(node.output), name=node.name, value=value)
 
 
-def _fold_with_graphsurgeon(small: onnx.ModelProto, boundary: list[str]) -> dict[str, np.ndarray]:
-    """name -> value of every boundary tensor graphsurgeon could compute."""
-    import onnx_graphsurgeon as gs
+def _evaluate(small: onnx.ModelProto, boundary: list[str]) -> dict[str, np.ndarray]:
+    """name -> value of every boundary tensor of at most FOLD_LIMIT_BYTES.
 
-    with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.ERROR):
-        graph = gs.import_onnx(small)
-        graph.fold_constants(fold_shapes=False, error_ok=False, size_threshold=FOLD_LIMIT_BYTES)
-    tensors = graph.tensors()
-    return {name: np.asarray(tensors[name].values) for name in boundary
-            if isinstance(tensors.get(name), gs.Constant)}
+    The constant part has no inputs, so one onnxruntime run computes every boundary tensor
+    (its graph outputs). graphsurgeon's ``fold_constants`` ran the same part through
+    onnxruntime after importing and copying it, at several times the cost."""
+    if not boundary:
+        return {}
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(small.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    values = session.run(boundary, {})
+    return {name: value for name, value in zip(boundary, values, strict=True)
+            if value.nbytes <= FOLD_LIMIT_BYTES}
 
 
 def _splice(graph: onnx.GraphProto, candidates: set[int], values: dict[str, np.ndarray]) -> None:
@@ -307,16 +321,16 @@ def _is_weight_view(node: onnx.NodeProto, initializers: dict, readers: Counter) 
             and _splittable(source))
 
 
-def _elem_type(model: onnx.ModelProto, name: str) -> int:
-    """The element type of a tensor: declared (graph inputs, value_info) or inferred; 0 if
-    unknown. Inference runs only when the declarations do not say."""
-    for tensor in model.graph.initializer:
-        if tensor.name == name:
-            return tensor.data_type
+def _elem_types(model: onnx.ModelProto, names: set[str]) -> dict[str, int]:
+    """The element type of each of ``names`` that has one: declared (initializers, graph
+    inputs, value_info) or inferred. Inference runs only when the declarations do not say."""
+    types = {t.name: t.data_type for t in model.graph.initializer if t.name in names}
     for graph in (model.graph, None):
+        if not names - types.keys():
+            break
         if graph is None:
             graph = infer_shapes(model).graph
         for info in [*graph.input, *graph.value_info, *graph.output]:
-            if info.name == name and info.type.tensor_type.elem_type:
-                return info.type.tensor_type.elem_type
-    return 0
+            if info.name in names and info.name not in types and info.type.tensor_type.elem_type:
+                types[info.name] = info.type.tensor_type.elem_type
+    return types

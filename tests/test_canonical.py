@@ -147,14 +147,14 @@ def test_random_and_custom_ops_are_not_folded():
 
 
 def test_a_failed_fold_leaves_the_graph_as_it_was(monkeypatch):
-    """Folding is an improvement, never a risk: if graphsurgeon fails, the computed bias stays
+    """Folding is an improvement, never a risk: if onnxruntime fails, the computed bias stays
     computed (its groups barred) and a warning says why."""
     import onnxoto.canonical as canonical
 
     def broken(small, boundary):
         raise RuntimeError("no luck")
 
-    monkeypatch.setattr(canonical, "_fold_with_graphsurgeon", broken)
+    monkeypatch.setattr(canonical, "_evaluate", broken)
     model = torch214_net()
     with pytest.warns(UserWarning, match="constant folding failed \\(no luck\\)"):
         result = partition(model)
@@ -245,3 +245,22 @@ def test_a_node_folded_only_in_part_stays_whole(monkeypatch):
     onnx.checker.check_model(canonical_model, full_check=True)
     assert "Split" in {n.op_type for n in canonical_model.graph.node}
     assert not group_with(partition(model), "c1.weight", "producer").prunable
+
+
+def test_a_cast_like_of_unknown_type_folds_nothing_after_it(recwarn):
+    """CastLike(0, y) where y's type is known to nobody (a custom op's output): the cast and
+    everything it feeds stay computed, and the rest of the constant part still runs."""
+    g = GraphBuilder(seed=9)
+    x = g.input("x", [1, 3, 8, 8])
+    odd = g.op("Mystery", [x], name="odd", domain="com.example")
+    w = g.weight("c1.weight", [4, 3, 3, 3])
+    zero = g.const("zero", np.array(0.0, dtype=np.float32))
+    bias = g.op("Expand", [g.op("CastLike", [zero, odd], name="cast"),
+                           g.op("Shape", [w], start=0, end=1)], name="bias")
+    scale = g.op("Cast", [g.const("scale64", np.full((1, 4, 1, 1), 2.0))], name="scale", to=1)
+    y = g.op("Conv", [x, w, bias], name="c1", kernel_shape=[3, 3], pads=[1] * 4)
+    model = g._model([g.op("Mul", [y, scale])], check=False)
+    ops = [n.op_type for n in canonicalize(model).graph.node]
+    assert ops.count("CastLike") == 1 and ops.count("Expand") == 1
+    assert "Cast" not in ops  # the independent constant scale was folded
+    assert not [w for w in recwarn if "constant folding failed" in str(w.message)]
