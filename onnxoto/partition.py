@@ -178,8 +178,9 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
         groups.append(Group(id=gid, size=size, prunable=not reasons[gid],
                             reasons=_one_line_per_kind(reasons[gid], tracer.kinds),
                             members=members[gid]))
-    shapes = {name: tuple(v.shape) for name, v in tracer.view.constants.items()
-              if name in tracer.view.initializers or name in tracer.view.constant_nodes}
+    view = tracer.view
+    shapes = {name: tuple(view.shapes[name]) for name in view.constants  # values not decoded
+              if name in view.initializers or name in view.constant_nodes}
     result = Partition(groups=groups, summary=summarize(groups, shapes), model_info=info,
                        view=tracer.view, spaces=tracer.spaces, slot_group=slot_group,
                        slot_channel=slot_channel)

@@ -238,6 +238,11 @@ class Tracer:
     def const(self, name: str) -> np.ndarray | None:
         return self.view.const(name)
 
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of a tensor known before run time (None for any other): a rule that needs
+        only a weight's shape should not decode the weight."""
+        return tuple(self.view.shapes[name]) if name and name in self.view.constants else None
+
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         return self.view.shape(name)
 

@@ -55,12 +55,12 @@ class ConvRule(Rule):
 
     def trace(self, node, ctx):
         weight, bias = node.input[1], input_at(node, 2)
-        w = ctx.const(weight)
+        w = ctx.const_shape(weight)
         if w is None:
             barrier(node, ctx, "has a weight computed at run time")
             return
         group = int(attrs(node).get("group", 1))
-        c_out, c_in_per_group = int(w.shape[0]), int(w.shape[1])
+        c_out, c_in_per_group = int(w[0]), int(w[1])
         if group == 1:
             _consume(node, ctx, node.input[0], 1, weight, 1)
             _stem_output(node, ctx, c_out, 1, [(weight, 0), (bias, 0)])
@@ -107,7 +107,7 @@ class ConvTransposeRule(Rule):
 
     def trace(self, node, ctx):
         weight, bias = node.input[1], input_at(node, 2)
-        w = ctx.const(weight)
+        w = ctx.const_shape(weight)
         if w is None:
             barrier(node, ctx, "has a weight computed at run time")
             return
@@ -118,7 +118,7 @@ class ConvTransposeRule(Rule):
             barrier(node, ctx, "sets output_shape explicitly")
             return
         _consume(node, ctx, node.input[0], 1, weight, 0)
-        _stem_output(node, ctx, int(w.shape[1]), 1, [(weight, 1), (bias, 0)])
+        _stem_output(node, ctx, int(w[1]), 1, [(weight, 1), (bias, 0)])
 
 
 class GemmRule(Rule):
@@ -129,7 +129,7 @@ class GemmRule(Rule):
     def trace(self, node, ctx):
         a = attrs(node)
         weight, bias = node.input[1], input_at(node, 2)
-        w = ctx.const(weight)
+        w = ctx.const_shape(weight)
         if w is None or int(a.get("transA", 0)):
             barrier(node, ctx, "has a run-time B operand or transA=1")
             return
@@ -138,7 +138,7 @@ class GemmRule(Rule):
         _consume(node, ctx, node.input[0], 1, weight, in_axis)
         weights = [(weight, out_axis)]
         c = ctx.const(bias) if bias else None
-        features = int(w.shape[out_axis])
+        features = int(w[out_axis])
         if bias and c is None:
             barrier(node, ctx, "has a run-time bias C")
             return
@@ -166,19 +166,19 @@ class MatMulRule(Rule):
 
     def trace(self, node, ctx):
         weight = node.input[1]
-        w = ctx.const(weight)
+        w = ctx.const_shape(weight)
         rank = ctx.rank(node.input[0])
         if w is None:
             self._product(node, ctx)
             return
-        if w.ndim != 2 or rank is None or rank < 2:
+        if len(w) != 2 or rank is None or rank < 2:
             barrier(node, ctx, "has a constant operand that is not a 2-D weight")
             return
         if ctx.view.const_source(weight) is None:
             barrier(node, ctx, "has a constant operand that is computed by other nodes")
             return
         _consume(node, ctx, node.input[0], rank - 1, weight, 0)
-        _stem_output(node, ctx, int(w.shape[1]), rank - 1, [(weight, 1)])
+        _stem_output(node, ctx, int(w[1]), rank - 1, [(weight, 1)])
 
     @staticmethod
     def _product(node, ctx: Tracer) -> None:
