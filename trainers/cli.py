@@ -140,6 +140,11 @@ def main() -> None:
                    "one-time compile (needs a C++ compiler on CPU) [default: auto, compile when "
                    "a C++ compiler is found and the model has >= 1 M parameters; the log says "
                    "which].")
+@click.option("--slim-continuation/--no-slim-continuation", default=DEFAULTS.slim_continuation,
+              show_default=True,
+              help="Once the target is reached and DHSPG stops pushing, delete the zero groups "
+                   "and train the slim network for the remaining epochs (same training, cheaper "
+                   "epochs; the log says from which epoch).")
 @friendly_errors
 def dhspg_command(model: Path, out: Path, as_json: bool, debug: bool, **settings: Any) -> None:
     """Train MODEL with DHSPG (OTOv2) towards --target group sparsity, then shrink it.

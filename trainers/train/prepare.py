@@ -161,6 +161,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     start_epoch: int = 0
+    slim: Any = None  # trainers.train.slim.Slim once the run trains the slim network
 
 
 def _input_dims(module: OnnxModule, model: onnx.ModelProto) -> tuple[int | None, ...]:
