@@ -52,7 +52,7 @@ CRITERIA = {"woodfisher": ("woodfisher", "woodfisher"), "magnitude": ("global_ma
 GRADUAL_STEPS = 4
 # TrainOptions fields that only DHSPG reads: left out of metrics.json's options.
 _DHSPG_ONLY = ("target", "variant", "warmup_epochs", "period_steps", "reselect", "epsilon", "lam",
-               "lam_amplify", "lam_hat", "compile_stats")
+               "lam_amplify", "lam_hat", "compile_stats", "slim_continuation")
 # Options that change the trajectory (with TrainOptions' shared ones): a checkpoint only resumes
 # a run that agrees on all of them. Epochs always: the schedule spans every epoch's steps.
 _RUN_KEYS = ("data", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "limit_train",
