@@ -5,9 +5,10 @@ DHSPG's extra work lives) and a whole training step (forward + backward + optimi
 what a user waits for. The model is what ``onnxoto train`` trains: the partition's canonical
 graph (``result.model``, whose initializers the groups name) bound as an OnnxModule. Every
 optimizer trains its own copy of it on the same inputs, interleaved step by step. DHSPG runs
-after warm-up in three settings: its redundant set re-selected every step (period 1, the worst
-case) and every 100 steps (the trainer's default), the latter also with its per-step sums
-compiled (``compile_stats``; compiled before timing).
+after warm-up with its redundant set chosen once (the trainer's default, OTOv2's) and re-chosen
+every step (period 1, the worst case); ``--compile`` (auto by default, as ``onnxoto train``:
+``compile_decision`` on the model's parameter count and a C++ compiler) adds the chosen-once
+setting with its per-step sums compiled (``compile_stats``; compiled in the first, untimed step).
 
 Two phases of a run are timed. "pushing": fresh weights, the redundant ZIGs are being pushed
 towards zero (DHSPG sweeps its per-ZIG sums every step). "zeroed": half of the ZIGs are already
@@ -15,7 +16,7 @@ exactly zero and form the redundant set, as in a DemoNet run after its first epo
 of a run's steps; between choices DHSPG then takes the plain step with those rows held at 0.
 
     python benchmarks/optimizer_overhead.py [--steps 20] [--size 64] [--batch 8 32]
-        [--phases pushing zeroed]
+        [--phases pushing zeroed] [--compile auto|on|off]
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ from models.export import export_onnx  # noqa: E402
 from models.zoo import ZOO, build  # noqa: E402
 from onnxoto.partition import partition  # noqa: E402
 from trainers.binding import OnnxModule  # noqa: E402
-from trainers.dhspg import DHSPG, DHSPGOptions  # noqa: E402
+from trainers.dhspg import DHSPG, DHSPGOptions, compile_decision  # noqa: E402
 from trainers.zig import build_zig_index  # noqa: E402
 
-SETTINGS = {"dhspg period 1": dict(period=1), "dhspg period 100": dict(period=100),
-            "dhspg period 100 compiled": dict(period=100, compile_stats=True)}
+SETTINGS = {"dhspg period 1": dict(period=1), "dhspg chosen once": dict(period=None)}
+COMPILED = {"dhspg chosen once compiled": dict(period=None, compile_stats=True)}
 TARGET = 0.5
 
 
-def _setups(model: OnnxModule, groups, phase: str) -> dict[str, tuple]:
+def _setups(model: OnnxModule, groups, phase: str,
+            settings: dict[str, dict]) -> dict[str, tuple]:
     """name -> (model copy, its optimizer) for SGD and each DHSPG setting. For "zeroed", the
     same random half of the ZIGs is set to 0 in every copy first; DHSPG's first choice then
     takes exactly those (zero ZIGs always rank lowest), as after a run's pushing phase."""
@@ -58,14 +60,14 @@ def _setups(model: OnnxModule, groups, phase: str) -> dict[str, tuple]:
         zero[chosen[:int(zig.num_groups * TARGET)]] = True
         zig.zero_(params, zero)
     setups = {}
-    for name in ("sgd", *SETTINGS):
+    for name in ("sgd", *settings):
         copy_ = copy.deepcopy(template).train()
         if name == "sgd":
             setups[name] = (copy_, torch.optim.SGD(copy_.parameters(), lr=1e-3))
             continue
         named = copy_.onnx_parameters()
         options = DHSPGOptions(lr=1e-3, target_group_sparsity=TARGET, warmup_steps=0,
-                               **SETTINGS[name])
+                               **settings[name])
         setups[name] = (copy_, DHSPG(named, build_zig_index(groups, named), options))
     return setups
 
@@ -109,16 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--phases", nargs="+", choices=["pushing", "zeroed"],
                         default=["pushing", "zeroed"])
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="time the compiled setting too: auto as onnxoto train decides")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(build("resnet50"), ZOO["resnet50"].input_shape, Path(tmp) / "r50.onnx")
         result = partition(path)
     model, groups = OnnxModule(result.model).train(), result.groups
+    compiled, compile_note = compile_decision(
+        sum(p.numel() for p in model.parameters()),
+        requested=None if args.compile == "auto" else args.compile == "on")
+    settings = {**SETTINGS, **(COMPILED if compiled else {})}
     first_ms: dict[str, float] = {}
     rows, zigs = [], 0
     for phase in args.phases:
-        setups = _setups(model, groups, phase)
+        setups = _setups(model, groups, phase, settings)
         zigs = setups["dhspg period 1"][1].zig.num_groups
         rows += [row for batch in args.batch
                  for row in _time_steps(setups, phase, batch, args.size, args.steps, first_ms)]
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = (f"ResNet-50 (zoo), input 3 x {args.size} x {args.size}, {zigs:,} ZIGs, "
                 f"{args.steps} interleaved steps per phase and batch size, CPU threads "
                 f"{torch.get_num_threads()}; DHSPG target {TARGET}, lr 1e-3, SGD without "
-                "momentum. pushing: redundant ZIGs still non-zero; zeroed: they are exactly 0 "
+                f"momentum; --compile {args.compile}: {compile_note}. pushing: redundant ZIGs "
+                "still non-zero; zeroed: they are exactly 0 "
                 "(most steps of a run)\n\n"
                 + markdown_table(
                     ["phase", "batch", "measure", "DHSPG setting", "SGD ms", "DHSPG ms",
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 "here): " + ", ".join(f"{name} {ms / 1e3:.1f} s" for name, ms in first_ms.items()))
     print(markdown)
     out = write_results("optimizer_overhead", {"rows": rows, "zigs": zigs, "args": vars(args),
+                                               "compile": compile_note,
                                                "first_step_ms": first_ms},
                         markdown)
     print(f"\nwrote {out}")
