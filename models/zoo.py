@@ -480,23 +480,34 @@ class Attention(nn.Module):
 
     Reshape targets are Python ints (batch -1) so the exported Reshape shapes are constants,
     not Shape -> Gather subgraphs. ``sdpa`` computes the products with torch's
-    scaled_dot_product_attention (as HF models do) instead of spelling them out.
+    scaled_dot_product_attention (as HF models do) instead of spelling them out; ``fused``
+    makes q, k, v with one Linear reshaped to (3, heads, head_dim), as timm's ViTs do.
     """
 
-    def __init__(self, dim: int, heads: int, tokens: int, *, sdpa: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, *, sdpa: bool = False,
+                 fused: bool = False) -> None:
         super().__init__()
         self.heads, self.head_dim, self.tokens, self.sdpa = heads, dim // heads, tokens, sdpa
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
+        if fused:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q = nn.Linear(dim, dim)
+            self.k = nn.Linear(dim, dim)
+            self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.scale = self.head_dim**-0.5
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, self.tokens, self.heads, self.head_dim).transpose(1, 2)
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not hasattr(self, "qkv"):
+            return self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        qkv = self.qkv(x).reshape(-1, self.tokens, 3, self.heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        q, k, v = self._qkv(x)
         if self.sdpa:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -510,10 +521,11 @@ class TransformerBlock(nn.Module):
     """Pre-LN block: x + attn(LN(x)); x + mlp(LN(x)) with a Linear-GELU-Linear MLP (hidden
     width ``mlp_ratio * dim``; ViT and DeiT use 4, the default)."""
 
-    def __init__(self, dim: int, heads: int, tokens: int, mlp_ratio: int = 4) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, mlp_ratio: int = 4, *,
+                 fused: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, tokens)
+        self.attn = Attention(dim, heads, tokens, fused=fused)
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, mlp_ratio * dim)
         self.act = nn.GELU()
@@ -591,6 +603,123 @@ def _resnext() -> nn.Module:
 def _regnet() -> nn.Module:
     """RegNetX pattern: a fixed group width of 4, the number of conv groups grows per stage."""
     return GroupedNet(widths=(16, 32, 48), outs=(16, 32, 48), depths=(1, 2, 1), group_width=4)
+
+
+# --------------------------------------------------------------------------- ResNeSt
+
+
+class SplitAttention(nn.Module):
+    """ResNeSt's split-attention conv (timm ``SplitAttn``): a 3x3 conv in radix x cardinality
+    conv groups makes radix x C channels; their sum over radix is pooled, fc1 (BN, ReLU) and fc2
+    (both in cardinality conv groups) give radix x C logits; rSoftMax (view as card x radix,
+    softmax over radix) weighs each radix slice, and the weighted slices are summed."""
+
+    def __init__(self, c_in: int, c: int, radix: int, card: int) -> None:
+        super().__init__()
+        self.radix, self.card = radix, card
+        attn = max(c * radix // 4, 16) // card * card  # timm: 1/4, at least 32
+        self.conv, self.bn0 = _conv_bn(c_in, c * radix, 3, groups=card * radix)
+        self.fc1 = nn.Conv2d(c, attn, 1, groups=card)
+        self.bn1 = nn.BatchNorm2d(attn)
+        self.fc2 = nn.Conv2d(attn, c * radix, 1, groups=card)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.conv(x)))
+        b, rc, h, w = x.shape
+        x = x.reshape(b, self.radix, rc // self.radix, h, w)
+        gap = x.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.fc2(F.relu(self.bn1(self.fc1(gap))))
+        attn = attn.view(b, self.card, self.radix, -1).transpose(1, 2)
+        attn = F.softmax(attn, dim=1).reshape(b, -1).view(b, -1, 1, 1)
+        return (x * attn.reshape(b, self.radix, rc // self.radix, 1, 1)).sum(dim=1)
+
+
+class ResNeStBottleneck(nn.Module):
+    """1x1 reduce, split-attention 3x3, 3x3 average pool when strided (ResNeSt-d's avd), 1x1
+    expand, plus identity or a 1x1 downsample."""
+
+    def __init__(self, c_in: int, width: int, c_out: int, radix: int, card: int,
+                 stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(c_in, width, 1)
+        self.attn = SplitAttention(width, width, radix, card)
+        self.avd = nn.AvgPool2d(3, stride, 1) if stride > 1 else nn.Identity()
+        self.conv3, self.bn3 = _conv_bn(width, c_out, 1)
+        self.downsample = _downsample(c_in, c_out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.avd(self.attn(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(self.bn3(self.conv3(y)) + self.downsample(x))
+
+
+class ResNeSt(nn.Module):
+    """Stem, a radix-2 cardinality-1 block (ResNeSt-50's) and a strided radix-4 cardinality-2
+    block (ResNeSt 4s2x's), global pool, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 16), nn.ReLU())
+        self.blocks = nn.Sequential(ResNeStBottleneck(16, 16, 32, radix=2, card=1),
+                                    ResNeStBottleneck(32, 32, 48, radix=4, card=2, stride=2))
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+# --------------------------------------------------------------------------- MobileViT
+
+
+class MobileViTBlock(nn.Module):
+    """MobileViT's block (timm ``MobileVitBlock``): local 3x3 conv, 1x1 to d, unfold into
+    patch_area sequences of tokens by Reshape/Transpose, pre-LN transformer blocks (fused qkv,
+    MLP ratio 2) and a LayerNorm, fold back, 1x1 to C, concatenate with the block input, 3x3
+    fusion conv."""
+
+    def __init__(self, c: int, d: int, heads: int, size: int, patch: int = 2,
+                 depth: int = 1) -> None:
+        super().__init__()
+        self.patch = patch
+        tokens = (size // patch) ** 2
+        self.conv_kxk = nn.Sequential(*_conv_bn(c, c, 3), nn.SiLU())
+        self.conv_1x1 = nn.Conv2d(c, d, 1, bias=False)
+        self.transformer = nn.Sequential(*[TransformerBlock(d, heads, tokens, mlp_ratio=2,
+                                                            fused=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d)
+        self.conv_proj = nn.Sequential(*_conv_bn(d, c, 1), nn.SiLU())
+        self.conv_fusion = nn.Sequential(*_conv_bn(2 * c, c, 3), nn.SiLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_1x1(self.conv_kxk(x))
+        b, c, h, w = x.shape
+        p = self.patch
+        nh, nw = h // p, w // p
+        x = x.reshape(b * c * nh, p, nw, p).transpose(1, 2)
+        x = x.reshape(b, c, nh * nw, p * p).transpose(1, 3).reshape(b * p * p, nh * nw, -1)
+        x = self.norm(self.transformer(x))
+        x = x.contiguous().view(b, p * p, nh * nw, -1)
+        x = x.transpose(1, 3).reshape(b * c * nh, nw, p, p)
+        x = x.transpose(1, 2).reshape(b, c, nh * p, nw * p)
+        return self.conv_fusion(torch.cat((shortcut, self.conv_proj(x)), dim=1))
+
+
+class MobileViT(nn.Module):
+    """Strided stem, an inverted residual, a MobileViT block on 8x8 (2x2 patches, 16 tokens),
+    1x1 head conv, pool, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 16, 3, 2), nn.SiLU())
+        self.mv2 = InvertedResidual(16, 24, 1, 2)
+        self.vit = MobileViTBlock(24, 32, heads=4, size=8)
+        self.head = nn.Sequential(*_conv_bn(24, 64, 1), nn.SiLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.vit(self.mv2(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 # --------------------------------------------------------------------------- GhostNet
@@ -824,6 +953,8 @@ _ENTRIES = [
     _entry("groupnorm_net", GroupNormNet, (1, 3, 16, 16)),
     _entry("bert", TinyBert, (1, 8)),
     _entry("ifnet", IfNet, (1, 3, 16, 16)),
+    _entry("resnest", ResNeSt, (1, 3, 16, 16)),
+    _entry("mobilevit", MobileViT, (1, 3, 16, 16)),
 ]
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}

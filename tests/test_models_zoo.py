@@ -38,6 +38,8 @@ EXPECTED_NAMES = {
     "groupnorm_net",
     "bert",
     "ifnet",
+    "resnest",
+    "mobilevit",
 }
 LIGHT = light_names()
 TABLE = "tests/zoo_expectations.py"

@@ -85,6 +85,39 @@ def test_grouped_conv_removes_whole_conv_groups(groups, c_out):
     assert next(a for a in conv.attribute if a.name == "group").i == groups - 1
 
 
+def test_grouped_conv_viewed_in_radix_slices_aligns_channels_across_conv_groups():
+    """ResNeSt's radix conv: 2 conv groups of 4, viewed as (radix 2, 4) and summed over radix.
+    Input j of both conv groups is one channel (weight column j), output k of both another
+    (the view's channel k); removing them keeps group=2."""
+    g = GraphBuilder(seed=3)
+    y = g.op("Relu", [g.conv(_image(g), 8, name="c1")])
+    y = g.op("Relu", [g.conv(y, 8, k=3, pad=1, group=2, bias=True, name="gconv")])
+    view = g.op("Reshape", [y, g.init("radix_view", np.array([1, 2, 4, 6, 6], np.int64))])
+    y = g.op("ReduceSum", [view, g.init("axes", np.array([1], np.int64))], keepdims=0)
+    model = g.build([g.conv(y, 4, name="c3")])
+    result = partition(model)
+    assert [(grp.size, grp.prunable) for grp in result.groups] == [(4, True), (4, True),
+                                                                    (4, False)]
+    upstream, own = result.groups[:2]
+    aligned = IndexMap(block=2, stride=4, step=1)
+    assert roles(upstream) == {"c1.weight": "producer", "gconv.weight": "consumer"}
+    assert member(upstream, "c1.weight").index_map == aligned
+    assert (member(upstream, "gconv.weight").axis, member(upstream, "gconv.weight").index_map
+            ) == (1, IndexMap())
+    assert roles(own) == {"gconv.weight": "producer", "gconv.bias": "producer",
+                          "c3.weight": "consumer"}
+    assert member(own, "gconv.weight").index_map == aligned
+    assert member(own, "c3.weight").index_map == IndexMap()  # after the sum over radix
+    assert_invariant(model, result)
+    outcome = shrink(model, {upstream.id: np.arange(4) != 0, own.id: np.arange(4) < 1},
+                     result=result)
+    assert outcome.passed
+    conv = next(n for n in outcome.model.graph.node if n.name == "gconv")
+    assert next(a for a in conv.attribute if a.name == "group").i == 2
+    weights = {t.name: tuple(t.dims) for t in outcome.model.graph.initializer}
+    assert weights["gconv.weight"] == (2, 3, 3, 3)
+
+
 def test_grouped_conv_of_a_graph_input_ties_output_j_of_every_conv_group():
     g = GraphBuilder(seed=3)
     x = g.input("x", [1, 4, 6, 6])

@@ -58,12 +58,19 @@ def expected_params(full_params: int, result: Partition, masks) -> int:
 
 def expected_macs(full: onnx.ModelProto, macs_by_node: dict[str, int], result: Partition,
                   masks) -> int:
-    """Each MAC node scales with its kept output share, and input share unless depthwise."""
+    """Each MAC node scales with its kept output share, and input share per conv group (a
+    grouped conv losing whole conv groups keeps its inputs per group; one losing channels
+    aligned across conv groups keeps its groups)."""
     slot_keep = result.slot_keep(masks)
 
     def share(tensor: str) -> float:
         space = result.spaces.get(tensor)
         return 1.0 if space is None else float(slot_keep[space.slots].mean())
+
+    def kept_groups(tensor: str, group: int) -> int:
+        space = result.spaces.get(tensor)
+        return group if space is None else int(
+            slot_keep[space.slots].reshape(group, -1).any(axis=1).sum())
 
     total = 0.0
     for node in full.graph.node:
@@ -71,8 +78,9 @@ def expected_macs(full: onnx.ModelProto, macs_by_node: dict[str, int], result: P
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         batched = result.view.const(node.input[1]) is None  # q @ k^T: heads on a batch axis
-        factor = share(node.output[0]) * (share(node.input[0]) if group == 1 and not batched
-                                          else 1.0)
+        factor = share(node.output[0])
+        if not batched:
+            factor *= share(node.input[0]) * group / kept_groups(node.input[0], group)
         total += macs_by_node[node.name] * factor
     return int(round(total))
 

@@ -66,4 +66,12 @@ GROUP_COUNTS: dict[tuple[str, str], dict[str, int]] = {
     ("bert", "dynamo"): {"groups": 7, "prunable": 5, "channels": 152, "prunable_channels": 126},
     ("ifnet", "legacy"): {"groups": 4, "prunable": 2, "channels": 50, "prunable_channels": 24},
     ("ifnet", "dynamo"): {"groups": 4, "prunable": 2, "channels": 50, "prunable_channels": 24},
+    ("resnest", "legacy"): {"groups": 10, "prunable": 9, "channels": 182,
+                            "prunable_channels": 172},
+    ("resnest", "dynamo"): {"groups": 10, "prunable": 9, "channels": 182,
+                            "prunable_channels": 172},
+    ("mobilevit", "legacy"): {"groups": 11, "prunable": 9, "channels": 318,
+                              "prunable_channels": 276},
+    ("mobilevit", "dynamo"): {"groups": 11, "prunable": 9, "channels": 318,
+                              "prunable_channels": 276},
 }

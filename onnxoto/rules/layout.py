@@ -138,10 +138,68 @@ def _map_through(node, ctx: Tracer, space: Space, out_shape) -> Space | None:
         return space.repeated(block, axis) if block > 1 else space.on_axis(axis)
     split = reshape_split(in_shape, out_shape, space.axis)
     if split is not None:
-        return _split_heads(ctx, space, *split)
+        first, dims = split
+        exact = tuple(out_shape[first:first + len(dims)]) == dims
+        if exact and _splits_aligned(ctx, space, dims, in_shape):
+            return _split_aligned(ctx, space, first, dims)
+        return _split_heads(ctx, space, first, dims)
+    merged = reshape_merge(in_shape, out_shape, space.axis)
+    if merged is not None:
+        axis, times, block = merged
+        return Space(axis, np.repeat(np.tile(space.slots, times), block),
+                     np.repeat(np.tile(space.dirt, times), block))
     barrier(node, ctx, "splits or mixes the channel axis with other axes (or its shapes "
                        "are not static from the channel axis on)")
     return None
+
+
+def reshape_merge(in_shape, out_shape, axis: int) -> tuple[int, int, int] | None:
+    """Where the channel axis lands when static axes right before it merge with it (and maybe
+    axes after it): ``(out axis, times, block)``, channel c owning the indices
+    (k*C + c)*block + b of the output axis for k < times, b < block. The inverse of an aligned
+    split: ResNeSt's rSoftMax flattens (radix, C) back into radix*C. None otherwise."""
+    for start in range(axis - 1, -1, -1):
+        lead = in_shape[start:axis]
+        if not all(isinstance(d, int | np.integer) for d in lead):
+            return None
+        times = int(np.prod(lead, dtype=np.int64))
+        channels = in_shape[axis]
+        if not isinstance(channels, int | np.integer):
+            return None
+        folded = (*in_shape[:start], times * int(channels), *in_shape[axis + 1:])
+        mapping = reshape_map(folded, out_shape, start)
+        if mapping is not None:
+            return mapping[0], times, mapping[1]
+    return None
+
+
+def _splits_aligned(ctx: Tracer, space: Space, dims: tuple[int, ...], in_shape) -> bool:
+    """Does a channel axis split exactly into ``dims`` keep channels aligned on the last of
+    them (channel j of every leading index is one channel: a radix split, (radix, C)) rather
+    than tie each head of the second-to-last (heads x head_dim)? Both are exact, so this only
+    decides how much can be removed. The one the channels are already tied for costs nothing
+    (ResNeSt's (radix, C) view of a conv aligned across its conv groups); else aligned only
+    for a pooled channel vector (N, C, 1, 1): a gate over branches split as (radix, C)
+    (ResNeSt's rSoftMax, SK-Net); heads when tokens or space remain (attention's token
+    features, conv attention's (heads, d, H*W))."""
+    roots = ctx.forest.roots()[space.slots]
+    rows = roots.reshape(-1, dims[-1])
+    if (rows == rows[:1]).all():
+        return True
+    heads = roots.reshape(-1, dims[-2], dims[-1]).transpose(1, 0, 2).reshape(dims[-2], -1)
+    if (heads == heads[:, :1]).all():
+        return False
+    after = in_shape[space.axis + 1:]
+    return bool(after) and int(np.prod(after, dtype=np.int64)) == 1
+
+
+def _split_aligned(ctx: Tracer, space: Space, first: int, dims: tuple[int, ...]) -> Space:
+    """The channels split into ``dims``, channel j of every leading index tied into one and
+    kept on the last of those axes."""
+    grid = space.slots.reshape(-1, dims[-1])
+    ctx.forest.union(np.broadcast_to(grid[:1], grid.shape).reshape(-1), grid.reshape(-1))
+    return Space(first + len(dims) - 1, grid[0].copy(),
+                 _first_dirt(space.dirt.reshape(grid.shape).T))
 
 
 def _split_heads(ctx: Tracer, space: Space, first: int, dims: tuple[int, ...]) -> Space:

@@ -41,14 +41,25 @@ def _producer(node: onnx.NodeProto, ctx: Tracer, name: str, axis: int, space: Sp
 
 
 class ConvRule(Rule):
-    """Conv: plain (group 1) is a stem; a grouped conv keeps its input's channels per conv group.
+    """Conv: plain (group 1) is a stem; a grouped conv offers one of two exact partitions.
 
-    Conv group g reads only input channels [g*C_in/G, (g+1)*C_in/G) and writes only outputs
-    [g*C_out/G, (g+1)*C_out/G): with those inputs zero and its bias zero, its outputs are zero.
-    So a conv group is one channel, input and output side together, and removing it lowers
-    ``group`` (depthwise: C_in/G = 1, a channel with its k = C_out/G outputs). With no channels
-    coming in, the outputs are new channels, output j of every conv group tied so the conv
+    Whole conv groups: conv group g reads only input channels [g*C_in/G, (g+1)*C_in/G) and
+    writes only outputs [g*C_out/G, (g+1)*C_out/G): with those inputs zero and its bias zero,
+    its outputs are zero. So a conv group is one channel, input and output side together, and
+    removing it lowers ``group`` (depthwise: C_in/G = 1, a channel with its k = C_out/G outputs).
+
+    Channels aligned across conv groups: input j of every conv group meets only weight column
+    j (weight axis 1), so those G inputs are one channel consumed by that column; output k of
+    every conv group is a new channel (weight row k of each group and its bias are producers);
+    ``group`` stays. With no channels coming in, the outputs are tied this way, so the conv
     groups stay equal.
+
+    The two overlap (a weight entry would sit in two groups), so each conv takes one, from the
+    graph's structure (sizes would flip the choice once shrinking changes them): aligned when
+    its input is already tied across conv groups (read after a radix split) or when its output
+    is viewed as (r, C_out/r) slices with r dividing G (ResNeSt's radix conv, whose slices are
+    summed and weighed channel by channel); whole conv groups otherwise (ResNeXt, RegNet,
+    depthwise).
     """
 
     op_types = ("Conv",)
@@ -70,17 +81,22 @@ class ConvRule(Rule):
             return
         space = ctx.space(node.input[0])
         if space is None:
-            tied = ctx.new_space(c_out // group, 1)
-            out = Space(1, np.tile(tied.slots, group), np.tile(tied.dirt, group))
-            for name in (weight, bias):
-                _producer(node, ctx, name, 0, out)
-            ctx.set_space(node.output[0], out)
+            _aligned_output(node, ctx, c_out, group)
             return
         if space.axis != 1 or space.size != group * c_in_per_group:
             barrier(node, ctx, "reads channels that are not its group x C_in/group inputs on "
                                "axis 1")
             return
         grid = space.slots.reshape(group, c_in_per_group)
+        if c_in_per_group > 1 and (_aligns_across_groups(ctx, grid) or
+                                   _viewed_in_slices(ctx, node, group)):
+            ctx.forest.union(np.tile(grid[0], group), grid.reshape(-1))
+            ctx.consume(space, node)
+            if not ctx.const_member(weight, 1, "consumer", grid[0], node):
+                barrier(node, ctx, "has a weight computed by other nodes")
+                return
+            _aligned_output(node, ctx, c_out, group)
+            return
         ctx.forest.union(np.repeat(grid[:, 0], c_in_per_group), grid.reshape(-1))
         per_group = c_out // group
         dirt = space.dirt.reshape(group, c_in_per_group).max(axis=1)
@@ -93,11 +109,49 @@ class ConvRule(Rule):
 
     def rewrite(self, node, edit: Edit):
         group = int(attrs(node).get("group", 1))
-        kept = edit.kept_count(node.input[0])
-        weight = edit.const(node.input[1])
-        if group == 1 or kept is None or weight is None:
+        keep = edit.keep(node.input[0])
+        if group == 1 or keep is None:
             return
-        edit.set_attr("group", kept // int(weight.shape[1]))
+        edit.set_attr("group", int(keep.reshape(group, -1).any(axis=1).sum()))
+
+
+def _aligns_across_groups(ctx: Tracer, grid: np.ndarray) -> bool:
+    """Are the channels a grouped conv reads (``grid``: conv group x input) already tied
+    across conv groups, input j of every conv group being one channel?"""
+    roots = ctx.forest.roots()[grid]
+    return bool((roots == roots[:1]).all())
+
+
+def _viewed_in_slices(ctx: Tracer, node: onnx.NodeProto, group: int, *, depth: int = 4) -> bool:
+    """Is the conv's output, through up to ``depth`` nodes that keep its shape (norms,
+    activations), read as a (r, C_out/r) view on axis 1 with r > 1 dividing ``group``? Judged
+    from shapes alone, which shrinking keeps (r stays, C_out/r shrinks)."""
+    shape = ctx.shape(node.output[0])
+    if shape is None or len(shape) < 2 or not isinstance(shape[1], int):
+        return False
+    views = {(*shape[:1], r, shape[1] // r, *shape[2:]) for r in range(2, group + 1)
+             if group % r == 0 and shape[1] % r == 0}
+    frontier = [node.output[0]]
+    for _ in range(depth):
+        following = []
+        for tensor in frontier:
+            for user in ctx.view.consumers.get(tensor, []):
+                out = ctx.shape(user.output[0]) if user.output else None
+                if out is not None and tuple(out) in views:
+                    return True
+                if out is not None and tuple(out) == tuple(shape):
+                    following.append(user.output[0])
+        frontier = following
+    return False
+
+
+def _aligned_output(node: onnx.NodeProto, ctx: Tracer, c_out: int, group: int) -> None:
+    """New channels, output k of every conv group tied into one."""
+    tied = ctx.new_space(c_out // group, 1)
+    out = Space(1, np.tile(tied.slots, group), np.tile(tied.dirt, group))
+    for name in (node.input[1], input_at(node, 2)):
+        _producer(node, ctx, name, 0, out)
+    ctx.set_space(node.output[0], out)
 
 
 class ConvTransposeRule(Rule):
