@@ -16,7 +16,7 @@ from models.export import export_zoo, main
 from models.synthetic import mlp_chain, residual_chain
 from models.zoo import ZOO, build, light_names
 from tests.conftest import EXPORTERS
-from tests.zoo_expectations import GROUP_COUNTS
+from tests.zoo_expectations import CEILINGS, GROUP_COUNTS
 
 EXPECTED_NAMES = {
     "demonet",
@@ -96,6 +96,8 @@ def test_partition_counts_are_pinned(zoo_cache, name, exporter):
     summary = partition(zoo_cache(name, exporter)).summary
     got = {key: summary[key] for key in expected}
     assert got == expected, f"{name} {exporter}: counts changed; if intended, update {TABLE}"
+    assert summary["removable_macs_share"] == pytest.approx(CEILINGS[name], abs=1e-4), \
+        f"{name} {exporter}: removable-MACs ceiling changed; if intended, update {TABLE}"
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -136,3 +136,45 @@ def test_mobilevit_fold_returns_the_stream_to_conv_proj(zoo_cache, exporter):
             result.view.constants[m.initializer].ndim == 4]
     assert len(proj) == 1 and proj[0].index_map == IndexMap()
     assert sorted(g.size for g in result.prunable if g.size == 4) == [4]  # the 4 heads
+
+
+def mobilevit_unfold_fold(*, patch: int = 2) -> onnx.ModelProto:
+    """MobileViT's patch unfold and fold (timm's Reshape/Transpose chain) of a conv's 6
+    channels on 4x4, with a per-token op between instead of the LayerNorm'd transformer, so
+    the channels stay prunable and shrinking must rewrite every view's channel count."""
+    g = GraphBuilder(seed=73)
+    c, n = 6, 4 // patch
+    y = g.op("Relu", [g.conv(g.input("x", [1, 3, 4, 4]), c, name="c1")])
+    y = g.op("Reshape", [y, _ints(g, "u1", [c * n, patch, n, patch])], name="unfold1")
+    y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
+    y = g.op("Reshape", [y, _ints(g, "u2", [1, c, n * n, patch * patch])], name="unfold2")
+    y = g.op("Transpose", [y], perm=[0, 3, 2, 1])
+    y = g.op("Reshape", [y, _ints(g, "u3", [patch * patch, n * n, -1])], name="unfold3")
+    y = g.op("Tanh", [y])
+    y = g.op("Reshape", [y, _ints(g, "f1", [1, patch * patch, n * n, -1])], name="fold1")
+    y = g.op("Transpose", [y], perm=[0, 3, 2, 1])
+    y = g.op("Reshape", [y, _ints(g, "f2", [c * n, n, patch, patch])], name="fold2")
+    y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
+    y = g.op("Reshape", [y, _ints(g, "f3", [1, c, 4, 4])], name="fold3")
+    return g.build([g.conv(y, 3, name="c2")])
+
+
+def test_mobilevit_unfold_and_fold_carry_the_channel_axis_exactly():
+    """Channel c owns rows [c*n_h, (c+1)*n_h) of the (C*n_h, p, n_w, p) views and is one
+    index of the token features: one prunable group whose consumer is c2's input c, and
+    shrinking rewrites the C*n_h and C entries of the views."""
+    model = mobilevit_unfold_fold()
+    result = partition(model)
+    assert [(g.size, g.prunable) for g in result.groups] == [(6, True), (3, False)]
+    assert member(result.groups[0], "c2.weight").index_map == IndexMap()
+    assert_invariant(model, result)
+    keep = np.array([True, False, True, True, False, True])
+    outcome = shrink(model, {0: keep}, result=result)
+    assert outcome.passed
+    nodes = {n.name: n for n in outcome.model.graph.node}
+    consts = {t.name: onnx.numpy_helper.to_array(t).tolist()
+              for t in outcome.model.graph.initializer}
+    targets = {name: consts[nodes[name].input[1]] for name in
+               ("unfold1", "unfold2", "unfold3", "fold1", "fold2", "fold3")}
+    assert targets == {"unfold1": [8, 2, 2, 2], "unfold2": [1, 4, 4, 4], "unfold3": [4, 4, -1],
+                       "fold1": [1, 4, 4, -1], "fold2": [8, 2, 2, 2], "fold3": [1, 4, 4, 4]}
