@@ -142,17 +142,25 @@ def test_embed_inverts_slice_on_two_axes():
     assert int((moved != 0).sum()) == part.numel() and float(moved[2, 1, 1]) == 1000 + full[2, 1, 1]
 
 
-def test_slim_run_matches_full_run(demonet, data, tmp_path):
-    """The CLI trainer switches after epoch 1 and writes valid outputs; the same run on the full
-    network (--no-slim-continuation) ends with the same weights and the same zeros."""
+@pytest.fixture(scope="module")
+def cli_runs(demonet, data, tmp_path_factory):
+    """``RUN`` with momentum 0.9 through the CLI, with slim continuation (its log) and without."""
+    folder = tmp_path_factory.mktemp("runs")
     common = ["dhspg", demonet, "--data", data, "--epochs", "3", "--batch-size", "32",
               "--warmup-epochs", "0", "--target", "0.3", "--epsilon", "0.9", "--lam", "1",
               "--momentum", "0.9"]
-    log = CliRunner().invoke(main, [str(a) for a in [*common, "-o", tmp_path / "slim"]])
+    slim = CliRunner().invoke(main, [str(a) for a in [*common, "-o", folder / "slim"]])
+    full = CliRunner().invoke(main, [str(a) for a in [*common, "--no-slim-continuation",
+                                                      "--quiet", "-o", folder / "full"]])
+    return folder, slim, full
+
+
+def test_slim_run_matches_full_run(cli_runs, demonet):
+    """The CLI trainer switches after epoch 1 and writes valid outputs; the same run on the full
+    network (--no-slim-continuation) ends with the same weights and the same zeros."""
+    tmp_path, log, full = cli_runs
     assert log.exit_code == 0, log.output
     assert "slim from epoch 2: params " in log.output and "MACs" in log.output
-    full = CliRunner().invoke(main, [str(a) for a in [*common, "--no-slim-continuation",
-                                                      "--quiet", "-o", tmp_path / "full"]])
     assert full.exit_code == 0, full.output
     a, b = (json.loads((tmp_path / run / FILES["metrics"]).read_text()) for run in ("slim", "full"))
     record = a["slim_continuation"]
@@ -186,11 +194,14 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("killed_after", [1, 2])
-def test_resume_across_the_switch(demonet, data, tmp_path, monkeypatch, killed_after):
+def test_resume_across_the_switch(demonet, data, cli_runs, tmp_path, monkeypatch,
+                                  killed_after):
     """Killed after epoch 1 (full network, released optimizer) or 2 (slim network): the resumed
-    run switches where the uninterrupted one did and ends bit for bit the same."""
+    run switches where the uninterrupted one (``cli_runs``' slim run) did and ends bit for bit
+    the same."""
     options = dict(data=str(data), momentum=0.9, **RUN)
-    straight = run_dhspg(demonet, TrainOptions(out=tmp_path / "a", **options))
+    straight_folder = cli_runs[0] / "slim"
+    straight = json.loads((straight_folder / FILES["metrics"]).read_text())
     save = trainers.train._save_checkpoint
 
     def save_then_die(run, epoch):
@@ -212,7 +223,7 @@ def test_resume_across_the_switch(demonet, data, tmp_path, monkeypatch, killed_a
     monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
     resumed = run_dhspg(demonet, TrainOptions(out=tmp_path / "b", resume=True, **options))
     for name in (FILES["trained"], FILES["slim"]):
-        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
+        a, b = _weights(straight_folder / name), _weights(tmp_path / "b" / name)
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} {key}")
