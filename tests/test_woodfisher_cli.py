@@ -100,12 +100,15 @@ def test_magnitude_baseline_prunes_the_smallest_weights(mlpnet, synthetic, tmp_p
     assert metrics["options"]["criterion"] == "magnitude"
 
 
-@pytest.mark.parametrize("extra", [[], ["--low-rank", "--joint", "--block-size", "100000"]],
-                         ids=["dense-blocks", "low-rank-layers-joint"])
+@pytest.mark.parametrize("extra", [[], ["--side", "producer"],
+                                   ["--side", "producer", "--low-rank", "--joint",
+                                    "--block-size", "100000"]],
+                         ids=["consumer", "producer", "producer-low-rank-layers-joint"])
 def test_structured_one_shot_shrinks_and_validates(extra, mlpnet, synthetic, tmp_path):
     """Half the ZIGs go to exact zero at step 0 and stay there; slim.onnx has fewer params and
-    MACs and matches trained.onnx; the closing table says group sparsity. Low-rank blocks let a
-    block be a whole layer (31,360 weights: 7.3 GiB as a dense inverse)."""
+    MACs and matches trained.onnx; the closing table says group sparsity. Scored on the
+    consumers (default) the producers are zeroed with them; low-rank blocks let a block be a
+    whole layer (31,360 weights: 7.3 GiB as a dense inverse)."""
     result = _cli(["woodfisher", mlpnet, "--data", synthetic, *TINY[:-1], "--sparsity", "0.5",
                    "--structured", *extra, "-o", tmp_path])
     assert result.exit_code == 0, result.output
@@ -117,6 +120,7 @@ def test_structured_one_shot_shrinks_and_validates(extra, mlpnet, synthetic, tmp
     assert metrics["validation"]["passed"] and metrics["accuracy"]["prediction_mismatches"] == 0
     assert metrics["params"]["slim"] < metrics["params"]["input"]
     assert metrics["macs"]["slim"] < metrics["macs"]["input"]
+    assert metrics["options"]["side"] == ("producer" if extra else "consumer")
 
 
 def test_gradual_prunes_on_the_cubic_schedule(gradual):
@@ -192,7 +196,7 @@ def test_onnxoto_train_woodfisher_help():
     assert result.exit_code == 0
     for option in ("--sparsity", "--structured", "--gradual", "--steps", "--fisher-samples",
                    "--fisher-batch", "--block-size", "--damping", "--low-rank", "--joint",
-                   "--max-fisher-gb", "--criterion", "--resume",
+                   "--max-fisher-gb", "--criterion", "--side", "--resume",
                    "--overwrite", "--json", "--momentum"):
         assert option in result.output, option
     assert "one-shot" in result.output

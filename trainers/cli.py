@@ -27,7 +27,13 @@ from trainers.train import (
     run_dhspg,
     summary_rows,
 )
-from trainers.woodfisher.run import CRITERIA, GRADUAL_STEPS, WoodFisherOptions, run_woodfisher
+from trainers.woodfisher.run import (
+    CRITERIA,
+    GRADUAL_STEPS,
+    SIDES,
+    WoodFisherOptions,
+    run_woodfisher,
+)
 
 DEFAULTS = TrainOptions()
 DEFAULT_LR_TEXT = ", ".join(f"{variant} {lr:g}" for variant, lr in DEFAULT_LR.items())
@@ -201,6 +207,10 @@ WOODFISHER = WoodFisherOptions()
               show_default=True,
               help="magnitude: the baseline on the same path (smallest |w| over all layers, or "
                    "smallest channel norms with --structured; no Fisher, no update).")
+@click.option("--side", type=click.Choice(list(SIDES)), default=None,
+              help="With --structured, what scores and compensates a channel: consumer (the "
+                   "next layers' input columns; the other channels stand in for it) or producer "
+                   "(its own rows) [default: consumer for woodfisher, producer for magnitude].")
 @click.option("--max-fisher-gb", type=click.FloatRange(min=0, min_open=True),
               default=WOODFISHER.max_fisher_gb, show_default=True,
               help="Refuse to start when the Fisher blocks need more memory (GiB).")

@@ -50,6 +50,7 @@ GIB = 2 ** 30
 CRITERIA = {"woodfisher": ("woodfisher", "woodfisher"), "magnitude": ("global_magnitude",
                                                                       "magnitude")}
 GRADUAL_STEPS = 4
+SIDES = ("consumer", "producer")
 # TrainOptions fields that only DHSPG reads: left out of metrics.json's options.
 _DHSPG_ONLY = ("target", "variant", "warmup_epochs", "period_steps", "reselect", "epsilon", "lam",
                "lam_amplify", "lam_hat", "compile_stats", "slim_continuation")
@@ -57,7 +58,7 @@ _DHSPG_ONLY = ("target", "variant", "warmup_epochs", "period_steps", "reselect",
 # a run that agrees on all of them. Epochs always: the schedule spans every epoch's steps.
 _RUN_KEYS = ("data", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "limit_train",
              "seed", "epochs", "sparsity", "structured", "gradual", "steps", "fisher_samples",
-             "fisher_batch", "block_size", "damping", "low_rank", "joint", "criterion")
+             "fisher_batch", "block_size", "damping", "low_rank", "joint", "criterion", "side")
 
 
 @dataclass
@@ -70,7 +71,13 @@ class WoodFisherOptions(TrainOptions):
     as its gradients, O(N d) instead of d^2, so a block can be a whole layer); ``joint`` solves
     the OBS update for each block's pruned set at once instead of summing single updates;
     ``criterion`` magnitude is the baseline on the same path (global |w|, or ||w_Q|| of a ZIG;
-    no Fisher). A Fisher needing more than ``max_fisher_gb`` GiB is refused before any work."""
+    no Fisher). ``side`` is what structured pruning scores and updates (default: consumer for
+    woodfisher, producer for magnitude): a channel's consumer slices (the next layers' input
+    columns, whose update lets the other channels stand in for it; its producers are zeroed
+    with it) or its producers (its own rows: their update cannot compensate the lost output,
+    and small layers' channels score lowest; on the mnist MLP at 0.5 it kept 1 of 20 units of
+    the second layer, 19.7 % one-shot vs 76.4 % consumer side). A Fisher needing more than
+    ``max_fisher_gb`` GiB is refused before any work."""
 
     method: ClassVar[str] = "woodfisher"
     sparsity: float = 0.5
@@ -84,6 +91,7 @@ class WoodFisherOptions(TrainOptions):
     low_rank: bool = False
     joint: bool = False
     criterion: str = "woodfisher"
+    side: str | None = None
     max_fisher_gb: float = 4.0
     warmup_epochs: int = 0  # DHSPG's; no warm-up here
     out: Path = Path("out/woodfisher")
@@ -111,6 +119,10 @@ class WoodFisherOptions(TrainOptions):
             raise OnnxotoError(f"options out of range: need {', '.join(broken)}")
         if self.criterion not in CRITERIA:
             raise OnnxotoError(f"criterion {self.criterion!r}: choose from {', '.join(CRITERIA)}")
+        if self.side is None:
+            self.side = "consumer" if self.criterion == "woodfisher" else "producer"
+        if self.side not in SIDES:
+            raise OnnxotoError(f"side {self.side!r}: choose from {', '.join(SIDES)}")
         if self.low_rank and not self.structured:
             raise OnnxotoError("low_rank needs structured: the unstructured OBS update reads "
                                "dense block inverses; drop --low-rank or add --structured")
@@ -226,6 +238,19 @@ def _gib(size: int) -> str:
     return f"{size / GIB:.2f} GiB"
 
 
+def _consumers(job: Job, producers: ZigIndex) -> ZigIndex:
+    """The ZIGs indexed over their consumer slices, the same ZIGs as ``producers``."""
+    try:
+        consumers = build_zig_index(job.parts.groups, job.params, roles=("consumer",))
+    except ValueError as exc:
+        raise OnnxotoError(f"'{job.source}': consumer-side group OBS cannot index it ({exc}); "
+                           f"use --side producer") from exc
+    if consumers.group_sizes != producers.group_sizes:
+        raise OnnxotoError(f"'{job.source}': the consumer slices do not cover the same channels "
+                           f"as the producers; use --side producer")
+    return consumers
+
+
 def woodfisher_optimizer(job: Job, setup: Setup) -> tuple[WoodFisher, str]:
     """The ``OptimizerFactory`` of a WoodFisher run. Refuses, before any work, a Fisher over
     ``max_fisher_gb`` and more pruning steps than training steps; the line it returns says what
@@ -247,7 +272,11 @@ def woodfisher_optimizer(job: Job, setup: Setup) -> tuple[WoodFisher, str]:
                              end=(options.steps - 1) * every, every=every)
     unstructured, structured = CRITERIA[options.criterion]
     if options.structured:
-        pruner = GradualPruner.structured(zig, schedule, structured, fisher, joint=options.joint)
+        ranked, zero_also = zig, None
+        if options.side == "consumer":
+            ranked, zero_also = _consumers(job, zig), zig
+        pruner = GradualPruner.structured(ranked, schedule, structured, fisher,
+                                          joint=options.joint, zero_also=zero_also)
     else:
         weights = {n: p for n, p in job.params.items() if p.dim() >= 2}
         if not weights:
@@ -257,6 +286,8 @@ def woodfisher_optimizer(job: Job, setup: Setup) -> tuple[WoodFisher, str]:
     kind = "groups (structured)" if options.structured else "weights (unstructured)"
     when = ("at step 0" if options.steps == 1
             else f"in {options.steps} steps, every {every} training steps")
+    if options.structured:
+        kind += f", scored on their {options.side}s"
     note = f"woodfisher: prune {options.sparsity:.1%} of the {kind} {when}"
     if options.criterion != "woodfisher":
         note += f" by {options.criterion} (no Fisher)"

@@ -70,20 +70,26 @@ class GradualPruner:
         self.joint = joint
         self.keep: dict[str, torch.Tensor] | None = None
         self.zig: ZigIndex | None = None
+        self.zero_also: ZigIndex | None = None
         self.pruned: torch.Tensor | None = None
 
     @classmethod
     def structured(cls, zig: ZigIndex, schedule: CubicSchedule, criterion: str = "woodfisher",
-                   fisher: FisherOptions | None = None, *, joint: bool = False) -> GradualPruner:
+                   fisher: FisherOptions | None = None, *, joint: bool = False,
+                   zero_also: ZigIndex | None = None) -> GradualPruner:
         """Whole ZIGs of ``zig`` (``prune_groups``: group OBS or group magnitude), the schedule's
         sparsity read as group sparsity; the Fisher covers the ZIG parameters, laid out with
-        ``zig_axes``. Pruned ZIGs rank first at the next step, so earlier choices stay."""
+        ``zig_axes``. Pruned ZIGs rank first at the next step, so earlier choices stay.
+        ``zero_also`` is another index of the same ZIGs (other roles) whose pruned ZIGs are
+        zeroed and held too: ranking and updating on the consumers, the producers must go to
+        zero for shrink to remove the channel."""
         if criterion not in GROUP_CRITERIA:
             raise OnnxotoError(f"group criterion {criterion!r}: choose from "
                                f"{', '.join(GROUP_CRITERIA)}")
         pruner = cls({e.name: e.param for e in zig.entries}, schedule, criterion, fisher,
                      joint=joint)
         pruner.zig = zig
+        pruner.zero_also = zero_also
         return pruner
 
     def step(self, step: int, model: torch.nn.Module,
@@ -101,6 +107,7 @@ class GradualPruner:
         if self.zig is not None:
             self.pruned = prune_groups(self.zig, sparsity, self.criterion, fisher=fisher,
                                        joint=self.joint)
+            self.hold()
         else:
             self.keep = prune_unstructured(self.params, sparsity, self.criterion,
                                            fisher=fisher, keep=self.keep, joint=self.joint)
@@ -108,7 +115,9 @@ class GradualPruner:
 
     def hold(self) -> None:
         if self.pruned is not None:
-            self.zig.zero_(self.params, self.pruned.to(self.zig.device))
+            for zig in (self.zig, self.zero_also):
+                if zig is not None:
+                    zig.zero_(zig.params(), self.pruned.to(zig.device))
         elif self.keep is not None:
             apply_masks(self.params, self.keep)
 
