@@ -13,8 +13,11 @@ One dense DemoNet is trained briefly; then, for each MAC level (share of the den
   channel of those layers to stand in for it. rho_Q ranks; the joint update over the pruned set
   is applied; the producers are then zeroed too (unread, so the function is unchanged). The
   one-shot accuracy with the summed update and with no update is recorded as well;
-- both: the smallest number of lowest-ranked channels (one channel of every group kept) whose
-  slim model is at or below the MAC level, then a short fine-tune of the slim model. Training
+- both: channels ranked by score per MAC they cost (the MACs one channel of their group removes
+  from the slim model; ranked by the score alone, group OBS took nearly every channel of gemm1
+  and conv5, which cost few MACs each, and fell to chance at 60 % MACs); the smallest number of
+  lowest-ranked channels (one channel of every group kept) whose slim model is at or below the
+  MAC level; then a short fine-tune of the slim model. Training
   the slim model is training the pruned model with its masks held (the removed channels are
   exact zeros that nothing reads), at a fraction of the cost;
 - ``dhspg``: DHSPG (Adam, ``--dhspg-lr``, ``--dhspg-epsilon``) continued from the same dense
@@ -32,7 +35,7 @@ gradients per Fisher. All sizes are in the results; on a free machine raise them
     python benchmarks/woodfisher_demonet.py [--train 768] [--test 500] [--epochs 1]
         [--finetune-steps 8] [--levels 0.6 0.4 0.24] [--grads 64] [--damping 1e-5]
         [--dhspg-lr 1e-2] [--dhspg-epsilon 0.95] [--gradual-level 0.4] [--gradual-stages 2]
-        [--seed 0] [--threads 2]
+        [--seed 0] [--threads 2] [--dense PATH]
 """
 
 from __future__ import annotations
@@ -141,6 +144,19 @@ def _scores(method: str, module: OnnxModule, groups: list, data: dict, args: arg
     return obs.saliency.clone(), obs, consumers
 
 
+def _channel_macs(model: onnx.ModelProto, parts, zig: ZigIndex) -> torch.Tensor:
+    """MACs one channel of each ZIG's group removes from the slim model (per ZIG)."""
+    full = macs(model)
+    cost = torch.ones(zig.num_groups, dtype=torch.float64)
+    start = 0
+    for gid, size in zig.group_sizes.items():
+        keep = {gid: np.arange(size) > 0}
+        slim = shrink(model, keep, options=ShrinkOptions(validate=False), result=parts).model
+        cost[start:start + size] = max(1, full - macs(slim))
+        start += size
+    return cost
+
+
 def _order(zig: ZigIndex, scores: torch.Tensor) -> torch.Tensor:
     """ZIG ids by rank, without each group's best one (shrink keeps a channel per group)."""
     scores = scores.clone()
@@ -189,7 +205,7 @@ def prune_to(model: onnx.ModelProto, target: float, method: str, data: dict,
     begin = time.perf_counter()
     scores, obs, zig = _scores(method, module, parts.groups, data, args, seed)
     score_s = time.perf_counter() - begin
-    order = _order(zig, scores)
+    order = _order(zig, scores / _channel_macs(model, parts, zig))
     count = _smallest_count(model, parts, zig, order, target)
     pruned = _mask(zig, order, count)
     out: dict[str, Any] = {"count": count, "zigs": zig.num_groups, "score_s": score_s,
@@ -360,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results-name", default=STEM)
+    parser.add_argument("--dense", type=Path,
+                        help="the trained dense ONNX: read if it exists (same budget flags!), "
+                             "else written after training")
     args = parser.parse_args(argv)
     if args.gradual_level not in args.levels:
         parser.error("--gradual-level must be one of --levels")
@@ -368,14 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     data = {split: tuple(torch.from_numpy(a) for a in load_dataset(
         "fashion-mnist-32", split=split, limit=limit))
         for split, limit in (("train", args.train), ("test", args.test))}
-    with tempfile.TemporaryDirectory() as folder:
-        source = onnx.load(str(export_onnx(build("demonet", args.seed),
-                                           ZOO["demonet"].input_shape,
-                                           Path(folder) / "demonet.onnx")))
-    module = OnnxModule(copy.deepcopy(source))
-    torch.manual_seed(args.seed)
-    train(module, data, args.epochs * len(data["train"][0]) // BATCH, args.seed, args.lr)
-    dense = write_back(module, source)
+    if args.dense and args.dense.exists():
+        dense = onnx.load(str(args.dense))
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            source = onnx.load(str(export_onnx(build("demonet", args.seed),
+                                               ZOO["demonet"].input_shape,
+                                               Path(folder) / "demonet.onnx")))
+        module = OnnxModule(copy.deepcopy(source))
+        torch.manual_seed(args.seed)
+        train(module, data, args.epochs * len(data["train"][0]) // BATCH, args.seed, args.lr)
+        dense = write_back(module, source)
+        if args.dense:
+            onnx.save(dense, str(args.dense))
     results: dict[str, Any] = {
         "seed": args.seed, "levels": args.levels, "gradual_level": args.gradual_level,
         "budget": {k: getattr(args, k) for k in ("train", "test", "epochs", "lr",
