@@ -191,10 +191,11 @@ def form_groups(tracer: Tracer, info: dict) -> Partition:
 def _families(tracer: Tracer, roots: np.ndarray) -> np.ndarray:
     """Per slot, the smallest slot of its family: classes joined with every class born in
     the same stem."""
-    if not tracer.births:
+    births = [born for born in tracer.births if born.size]
+    if not births:
         return roots
-    firsts = np.concatenate([np.full(born.shape, born[0]) for born in tracer.births if born.size])
-    return components(roots, firsts, np.concatenate(tracer.births))
+    firsts = np.concatenate([np.full(born.shape, born[0]) for born in births])
+    return components(roots, firsts, np.concatenate(births))
 
 
 def _number_channels(births: list[np.ndarray], roots: np.ndarray, family: np.ndarray,
