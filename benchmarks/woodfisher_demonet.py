@@ -17,7 +17,8 @@ One dense DemoNet is trained briefly; then, for each MAC level (share of the den
   from the slim model; ranked by the score alone, group OBS took nearly every channel of gemm1
   and conv5, which cost few MACs each, and fell to chance at 60 % MACs); the smallest number of
   lowest-ranked channels (one channel of every group kept) whose slim model is at or below the
-  MAC level; then a short fine-tune of the slim model. Training
+  MAC level (``--max-group-share`` caps the share of any group removed); then a short
+  fine-tune of the slim model. Training
   the slim model is training the pruned model with its masks held (the removed channels are
   exact zeros that nothing reads), at a fraction of the cost;
 - ``dhspg``: DHSPG (Adam, ``--dhspg-lr``, ``--dhspg-epsilon``) continued from the same dense
@@ -35,7 +36,7 @@ gradients per Fisher. All sizes are in the results; on a free machine raise them
     python benchmarks/woodfisher_demonet.py [--train 768] [--test 500] [--epochs 1]
         [--finetune-steps 8] [--levels 0.6 0.4 0.24] [--grads 64] [--damping 1e-5]
         [--dhspg-lr 1e-2] [--dhspg-epsilon 0.95] [--gradual-level 0.4] [--gradual-stages 2]
-        [--seed 0] [--threads 2] [--dense PATH]
+        [--max-group-share 1] [--seed 0] [--threads 2] [--dense PATH]
 """
 
 from __future__ import annotations
@@ -157,15 +158,26 @@ def _channel_macs(model: onnx.ModelProto, parts, zig: ZigIndex) -> torch.Tensor:
     return cost
 
 
-def _order(zig: ZigIndex, scores: torch.Tensor) -> torch.Tensor:
-    """ZIG ids by rank, without each group's best one (shrink keeps a channel per group)."""
+def _order(zig: ZigIndex, scores: torch.Tensor, cap: float = 1.0) -> torch.Tensor:
+    """ZIG ids by rank, without each group's best one (shrink keeps a channel per group) and
+    without those past ``cap`` of their group's channels."""
     scores = scores.clone()
     start = 0
     for size in zig.group_sizes.values():
         scores[start + int(torch.argmax(scores[start:start + size]))] = float("inf")
         start += size
     order = torch.argsort(scores)
-    return order[torch.isfinite(scores[order])]
+    order = order[torch.isfinite(scores[order])]
+    sizes = torch.tensor(list(zig.group_sizes.values()))
+    group = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    limit = (cap * sizes).floor().long()
+    taken = torch.zeros(len(sizes), dtype=torch.long)
+    kept = []
+    for z in order.tolist():
+        if taken[group[z]] < limit[group[z]]:
+            taken[group[z]] += 1
+            kept.append(z)
+    return torch.tensor(kept, dtype=torch.long)
 
 
 def _mask(zig: ZigIndex, order: torch.Tensor, count: int) -> torch.Tensor:
@@ -205,7 +217,7 @@ def prune_to(model: onnx.ModelProto, target: float, method: str, data: dict,
     begin = time.perf_counter()
     scores, obs, zig = _scores(method, module, parts.groups, data, args, seed)
     score_s = time.perf_counter() - begin
-    order = _order(zig, scores / _channel_macs(model, parts, zig))
+    order = _order(zig, scores / _channel_macs(model, parts, zig), args.max_group_share)
     count = _smallest_count(model, parts, zig, order, target)
     pruned = _mask(zig, order, count)
     out: dict[str, Any] = {"count": count, "zigs": zig.num_groups, "score_s": score_s,
@@ -316,7 +328,10 @@ def render(results: dict) -> str:
         f"{results['se']:.1f} points); group OBS: {budget['grads']} single-image gradients, one "
         f"low-rank Fisher block per consumer parameter, damping {budget['damping']:g}. Dense: "
         f"{results['dense']['accuracy']:.2f} %, {results['dense']['macs'] / 1e6:.0f} M MACs. "
-        f"MACs are measured on each validated slim.onnx. One-shot = before fine-tuning "
+        f"Channels ranked by score per MAC"
+        + (f", at most {budget['max_group_share']:g} of any group removed"
+           if budget.get("max_group_share", 1.0) < 1 else "")
+        + ". MACs are measured on each validated slim.onnx. One-shot = before fine-tuning "
         f"(group_obs: joint / summed / no update). Wall {results['wall_s'] / 60:.1f} min.\n\n"
         + markdown_table(["MAC level %", "method", "MACs % of dense", "group sparsity",
                           "one-shot top-1 %", "fine-tuned top-1 %"], rows)
@@ -373,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--damping", type=float, default=1e-5)
     parser.add_argument("--gradual-level", type=float, default=0.4)
     parser.add_argument("--gradual-stages", type=int, default=2)
+    parser.add_argument("--max-group-share", type=float, default=1.0,
+                        help="remove at most this share of any group's channels (1: no cap)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results-name", default=STEM)
@@ -404,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "levels": args.levels, "gradual_level": args.gradual_level,
         "budget": {k: getattr(args, k) for k in ("train", "test", "epochs", "lr",
                                                  "finetune_steps", "finetune_lr", "grads",
-                                                 "damping", "dhspg_lr", "dhspg_epsilon")},
+                                                 "damping", "dhspg_lr", "dhspg_epsilon",
+                                                 "max_group_share")},
         "dense": {"accuracy": accuracy(dense, data), "macs": macs(dense),
                   "train_s": time.perf_counter() - start}, "runs": {}}
     print(f"dense {results['dense']}", flush=True)
