@@ -262,6 +262,9 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
     masks_out = output.with_name(f"{output.name}.masks.npz") if round_to > 1 else None
     _check_output([model] + ([mask_path] if mask_path else []), output,
                   also=[masks_out] if masks_out else [])
+    # Both read the file again: done before the model is held, not beside it.
+    external = uses_external_data(model) if external_data is None else external_data
+    before = measure(model)
     result = partition(model)  # its canonical model is what shrink slices: no second copy
     model_sha = result.model_info["sha256"]
     if zeros:
@@ -276,13 +279,11 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
                             seed=seed, rtol=rtol, atol=atol, dynamic_dim=dynamic_dim,
                             input_shapes=input_shapes or None)
     outcome = shrink(result.model, masks, options=options, result=result)
-    before = measure(model)
     if not outcome.passed:
         click.echo(render_shrink(shrink_report(outcome, before, measure(outcome.model))))
         click.echo(f"onnxoto shrink: validation FAILED; {output} not written (use "
                    f"--no-validate to write it anyway)", err=True)
         sys.exit(EXIT_MISMATCH)
-    external = uses_external_data(model) if external_data is None else external_data
     written = save_model(outcome.model, output, external=external or None)
     if masks_out is not None:
         save_masks(masks_out, outcome.masks, model_sha256=model_sha)
@@ -322,19 +323,21 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
     """
     from onnxoto.graph import load_model
     from onnxoto.groups import load_masks
-    from onnxoto.masking import zero_channels
+    from onnxoto.masking import Zeroing
     from onnxoto.partition import partition
+    from onnxoto.runtime import WithTensors
     from onnxoto.validate import CompareOptions, compare
 
     options = CompareOptions(samples=samples, seed=seed, rtol=rtol, atol=atol, check=check,
                              provider=provider, dynamic_dim=dynamic_dim,
                              shapes=input_shapes or None, data=data_path)
-    reference = load_model(full)
     candidate = load_model(slim)
-    if mask_path is not None:
+    if mask_path is not None:  # zeroed as onnxruntime reads it: no zeroed copy of the model
         result = partition(full)
         masks = load_masks(mask_path, result.groups, model_sha256=result.model_info["sha256"])
-        reference = zero_channels(result.model, result.groups, masks)
+        reference = WithTensors(result.model, Zeroing(result.groups, masks))
+    else:
+        reference = load_model(full)
     comparison = compare(reference, candidate, options)
     if as_json:
         _echo_json(comparison.to_dict())

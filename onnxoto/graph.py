@@ -6,9 +6,11 @@ one-line message, because a compressor that guesses on broken input writes broke
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +125,54 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
     return (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
 
 
+class Constants(Mapping[str, np.ndarray]):
+    """Values known before run time (initializers, Constant nodes, and Identity/Transpose/Cast
+    views of them), decoded from their protos when read.
+
+    Decoding every weight up front doubled the memory of each command on large models (the
+    protos hold the bytes already). Shapes are known without decoding (``shape``); values of
+    up to ``LIGHT_LIMIT`` elements (shape constants, per-channel vectors) are kept once
+    decoded; a larger one is decoded again once nobody holds it any more (a weak reference),
+    so a rule reading a weight twice in a row decodes it once.
+    """
+
+    def __init__(self) -> None:
+        self._decode: dict[str, Callable[[], np.ndarray]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._kept: dict[str, np.ndarray] = {}
+        self._live: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+
+    def add(self, name: str, shape: tuple[int, ...], decode: Callable[[], np.ndarray]) -> None:
+        """Register a constant by its shape and how to compute its value."""
+        self._decode[name] = decode
+        self._shapes[name] = tuple(int(d) for d in shape)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of a constant without decoding it; None if ``name`` is not one."""
+        return self._shapes.get(name)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        value = self._kept.get(name)
+        if value is None:
+            value = self._live.get(name)
+        if value is None:
+            value = self._decode[name]()
+            if value.size <= LIGHT_LIMIT:
+                self._kept[name] = value
+            else:
+                self._live[name] = value
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._decode
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decode)
+
+    def __len__(self) -> int:
+        return len(self._decode)
+
+
 @dataclass
 class GraphView:
     """Read-only facts about one graph: constants, shapes, producers and consumers.
@@ -132,7 +182,7 @@ class GraphView:
     """
 
     model: onnx.ModelProto
-    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    constants: Constants = field(default_factory=Constants)
     shapes: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
     producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
@@ -174,10 +224,10 @@ class GraphView:
                 step = tuple(attr.ints) if attr is not None else tuple(reversed(range(rank)))
                 perm = step if perm is None else tuple(step[p] for p in perm)
             current = node.input[0]
-        value = self.constants.get(current)
-        if value is None:
+        shape = self.constants.shape(current)
+        if shape is None:
             return None
-        return current, perm if perm is not None else tuple(range(value.ndim))
+        return current, perm if perm is not None else tuple(range(len(shape)))
 
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
@@ -207,14 +257,15 @@ def build_view(model: onnx.ModelProto) -> GraphView:
     view = GraphView(model=model)
     view.initializers = {t.name for t in graph.initializer}
     for tensor in graph.initializer:
-        view.constants[tensor.name] = numpy_helper.to_array(tensor)
+        view.constants.add(tensor.name, tuple(tensor.dims),
+                           functools.partial(numpy_helper.to_array, tensor))
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = _constant_node_value(node)
-            if value is not None:
-                view.constants[node.output[0]] = value
+            constant = _constant_node(node)
+            if constant is not None:
+                view.constants.add(node.output[0], *constant)
                 view.constant_nodes.add(node.output[0])
-    _fold_constant_views(view, graph.node)
+    _fold_constant_views(view.constants, graph.node)
     view.graph_inputs = [i.name for i in graph.input if i.name not in view.initializers]
     view.graph_outputs = [o.name for o in graph.output]
     for node in graph.node:
@@ -229,24 +280,38 @@ def build_view(model: onnx.ModelProto) -> GraphView:
                 if inp not in node.input:
                     view.consumers.setdefault(inp, []).append(node)
     view.shapes = shape_map(model, symbols=True)
-    for name, value in view.constants.items():
-        view.shapes[name] = tuple(int(d) for d in value.shape)
+    for name in view.constants:
+        view.shapes[name] = view.constants.shape(name)
     return view
 
 
-def _fold_constant_views(view: GraphView, nodes) -> None:
-    """Give Identity/Transpose/Cast of a constant a value too (weights exported as W^T)."""
+def _fold_constant_views(constants: Constants, nodes) -> None:
+    """Give Identity/Transpose/Cast of a constant a value too (weights exported as W^T),
+    computed from the source's when read."""
     for node in nodes:
-        if node.op_type not in ("Identity", "Transpose", "Cast") or node.input[0] not in \
-                view.constants:
+        source = node.input[0] if node.input else ""
+        if node.op_type not in ("Identity", "Transpose", "Cast") or source not in constants:
             continue
-        value = view.constants[node.input[0]]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        shape = constants.shape(source)
         if node.op_type == "Transpose":
-            value = np.transpose(value, attrs.get("perm"))
+            perm = attrs.get("perm") or list(reversed(range(len(shape))))
+            shape = tuple(shape[p] for p in perm)
+            decode = functools.partial(_transposed, constants, source, perm)
         elif node.op_type == "Cast":
-            value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
-        view.constants[node.output[0]] = value
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(attrs["to"])
+            decode = functools.partial(_cast, constants, source, dtype)
+        else:
+            decode = functools.partial(constants.__getitem__, source)
+        constants.add(node.output[0], shape, decode)
+
+
+def _transposed(constants: Constants, source: str, perm: list[int]) -> np.ndarray:
+    return np.transpose(constants[source], perm)
+
+
+def _cast(constants: Constants, source: str, dtype: np.dtype) -> np.ndarray:
+    return constants[source].astype(dtype)
 
 
 def _dim(dim, symbols: bool) -> Dim:
@@ -257,15 +322,24 @@ def _dim(dim, symbols: bool) -> Dim:
     return None
 
 
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+def _constant_node(node: onnx.NodeProto,
+                   ) -> tuple[tuple[int, ...], Callable[[], np.ndarray]] | None:
+    """The shape of a Constant node's value and how to decode it (None: a sparse or string
+    value, which no rule reads)."""
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return tuple(attr.t.dims), functools.partial(numpy_helper.to_array, attr.t)
         if attr.name in ("value_float", "value_int"):
-            return np.array(onnx.helper.get_attribute_value(attr))
+            return (), functools.partial(_attribute_array, attr)
         if attr.name in ("value_floats", "value_ints"):
-            return np.array(list(onnx.helper.get_attribute_value(attr)))
+            count = len(attr.floats) if attr.name == "value_floats" else len(attr.ints)
+            return (count,), functools.partial(_attribute_array, attr)
     return None
+
+
+def _attribute_array(attr: onnx.AttributeProto) -> np.ndarray:
+    value = onnx.helper.get_attribute_value(attr)
+    return np.array(list(value) if isinstance(value, Iterable) else value)
 
 
 LIGHT_LIMIT = 4096

@@ -7,7 +7,7 @@ members set to zero; this module builds it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -28,11 +28,61 @@ def tensor_protos(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return protos
 
 
-def replace_tensor(proto: onnx.TensorProto, value: np.ndarray) -> None:
-    """Overwrite a tensor proto in place, keeping its name and dtype."""
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(proto.data_type)
-    proto.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype, copy=False),
-                                           proto.name))
+# Element types whose raw_data is the numpy array's little-endian bytes as they are (packed
+# 4-bit and the like go through numpy_helper.from_array).
+PLAIN_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL,
+})
+
+
+def write_array(target: onnx.TensorProto, name: str, data_type: int, array: np.ndarray) -> None:
+    """Make ``target`` hold ``array`` as a tensor of ``data_type``, field by field: building a
+    finished proto and copying it in would hold its bytes twice."""
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+    array = np.asarray(array).astype(dtype, copy=False)
+    target.Clear()
+    if data_type not in PLAIN_TYPES:
+        target.CopyFrom(numpy_helper.from_array(array, name))
+        return
+    target.name, target.data_type = name, data_type
+    target.dims.extend(array.shape)
+    target.raw_data = array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+class Zeroing:
+    """The removed channels (mask False) of members in ``roles``: ``name in zeroing`` says
+    whether a tensor has any, ``zeroing(name, array)`` zeroes them in a writable array (or a
+    memory map of the tensor's bytes) in place.
+
+    The reference of every equivalence check is the model with these channels zeroed; handed to
+    onnxruntime as ``runtime.WithTensors(model, zeroing)`` it is written tensor by tensor,
+    without a zeroed copy of the model in memory.
+    """
+
+    def __init__(self, groups: Iterable[Group], masks: Mapping[int, np.ndarray], *,
+                 roles: tuple[str, ...] = ("producer",)) -> None:
+        self.cuts: dict[str, list[tuple[Member, np.ndarray]]] = {}
+        for group in groups:
+            keep = masks.get(group.id)
+            if keep is None or keep.all():
+                continue
+            channels = np.nonzero(~np.asarray(keep, dtype=bool))[0]
+            for member in group.members:
+                if member.role in roles:
+                    self.cuts.setdefault(member.initializer, []).append((member, channels))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.cuts
+
+    def __call__(self, name: str, array: np.ndarray) -> None:
+        for member, channels in self.cuts.get(name, ()):
+            index = [slice(None)] * array.ndim
+            index[member.axis] = member.index_map.indices(channels)
+            array[tuple(index)] = 0
 
 
 def zero_channels(
@@ -48,45 +98,35 @@ def zero_channels(
     Initializers that change are written once, from their zeroed arrays, rather than copied with
     the model and then replaced: on a VGG-16-sized model nearly every byte is a producer weight.
     """
-    removed: dict[str, list[tuple[Member, np.ndarray]]] = {}
-    for group in groups:
-        keep = masks.get(group.id)
-        if keep is None or keep.all():
-            continue
-        channels = np.nonzero(~np.asarray(keep, dtype=bool))[0]
-        for member in group.members:
-            if member.role in roles:
-                removed.setdefault(member.initializer, []).append((member, channels))
+    zeroing = Zeroing(groups, masks, roles=roles)
     out = without_initializers(model)
     for tensor in model.graph.initializer:
-        if tensor.name in removed:
-            _write_zeroed(tensor, removed.pop(tensor.name), out.graph.initializer.add())
+        if tensor.name in zeroing:
+            write_array(out.graph.initializer.add(), tensor.name, tensor.data_type,
+                        edited(zeroing, tensor.name, tensor))
         else:
             out.graph.initializer.add().CopyFrom(tensor)
-    if removed:  # members stored as Constant nodes
-        protos = tensor_protos(out)
-        for name, cuts in removed.items():
-            _write_zeroed(protos[name], cuts, protos[name])
+    for name, tensor in constant_tensors(out, zeroing.cuts):  # members in Constant nodes
+        write_array(tensor, tensor.name, tensor.data_type, edited(zeroing, name, tensor))
     return out
 
 
-def _write_zeroed(tensor: onnx.TensorProto, cuts: list[tuple[Member, np.ndarray]],
-                  target: onnx.TensorProto) -> None:
-    """``target`` (a fresh proto, or ``tensor`` itself) becomes ``tensor`` with the cut channels
-    zeroed; filled field by field, since appending a finished proto copies its bytes again."""
-    array = np.array(numpy_helper.to_array(tensor))  # the proto's bytes die with the view
-    for member, channels in cuts:
-        index = [slice(None)] * array.ndim
-        index[member.axis] = member.index_map.indices(channels)
-        array[tuple(index)] = 0
-    if target is tensor or not tensor.HasField("raw_data"):
-        target.CopyFrom(numpy_helper.from_array(array, tensor.name))
-        return
-    target.name, target.data_type = tensor.name, tensor.data_type
-    target.dims.extend(tensor.dims)
-    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    del array  # at most two copies of the tensor alive at once: bytes, then the proto's
-    target.raw_data = data
+def edited(edit: Callable[[str, np.ndarray], None], name: str,
+           tensor: onnx.TensorProto) -> np.ndarray:
+    """A writable copy of the tensor's data with ``edit`` applied (the proto's bytes, decoded
+    on the way, are freed before this returns)."""
+    array = np.array(numpy_helper.to_array(tensor))
+    edit(name, array)
+    return array
+
+
+def constant_tensors(model: onnx.ModelProto, names: Container[str],
+                     ) -> list[tuple[str, onnx.TensorProto]]:
+    """(output name, value tensor) of the Constant nodes whose output is in ``names``: members
+    stored as Constants are named by their output."""
+    return [(node.output[0], attr.t) for node in model.graph.node
+            if node.op_type == "Constant" and node.output[0] in names
+            for attr in node.attribute if attr.name == "value"]
 
 
 def producer_norms(model: onnx.ModelProto, group: Group, *, order: int = 2) -> np.ndarray:

@@ -90,6 +90,7 @@ def measure(model: ModelLike) -> ModelMetrics:
     size of the proto.
     """
     on_disk = not isinstance(model, onnx.ModelProto)
+    disk_bytes = _disk_bytes(Path(model)) if on_disk else 0  # reads the file: before it is held
     proto = folded(load_model(model), in_place=on_disk)
     nodes = live_nodes(proto)
     params, param_bits = _count_params(proto, nodes)
@@ -97,7 +98,7 @@ def measure(model: ModelLike) -> ModelMetrics:
     return ModelMetrics(
         params=params,
         param_bytes=(param_bits + 7) // 8,
-        file_bytes=_disk_bytes(Path(model)) if on_disk else proto.ByteSize(),
+        file_bytes=disk_bytes if on_disk else proto.ByteSize(),
         macs=sum(cost.macs_by_op.values()),
         macs_by_op=dict(sorted(cost.macs_by_op.items())),
         macs_by_node=cost.macs_by_node,
@@ -192,8 +193,9 @@ def _constant_size(attr: onnx.AttributeProto) -> tuple[int, int]:
 
 
 def _disk_bytes(path: Path) -> int:
-    """Model file plus every external data file it names, each counted once."""
-    return sum(os.path.getsize(f) for f in dict.fromkeys(model_files(path)))
+    """Model file plus every external data file it names, each counted once (a missing one is
+    left to load_model, which says which)."""
+    return sum(os.path.getsize(f) for f in dict.fromkeys(model_files(path)) if f.is_file())
 
 
 # --- MACs: one small function per op; each gets the node and returns MACs or None (unknown).

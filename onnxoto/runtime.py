@@ -10,16 +10,21 @@ import contextlib
 import io
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from onnxoto.errors import OnnxotoError, one_line
-from onnxoto.files import save_model
+from onnxoto.files import without_initializers
+from onnxoto.masking import PLAIN_TYPES, edited
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 # --provider names -> the execution providers asked for, best first. CPU stays last in every
@@ -36,6 +41,13 @@ ort.set_default_logger_severity(3)
 # session holds 0.2 GB instead of 1.25 GB and the build peaks 1 GB lower. Smaller models go as
 # bytes (no disk write). protobuf cannot serialize 2 GiB or more anyway.
 _MAP_BYTES = 64 * 1024**2
+# Tensors below this stay inside the handed-over model; larger ones start at a page boundary of
+# the data file, where onnxruntime can map them.
+_INLINE_BYTES = 1024
+_PAGE = 4096
+# Element types an edit can change in the data file through a numpy memory map (bfloat16 and
+# packed types go through numpy_helper instead).
+_MAPPABLE = PLAIN_TYPES - {onnx.TensorProto.BFLOAT16}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 _INT_TYPES = {
     onnx.TensorProto.INT8,
@@ -68,33 +80,137 @@ def providers_for(provider: str) -> list[str]:
     return list(chosen)
 
 
+class TensorEdit(Protocol):
+    """Changes some tensors' data in place: ``name in edit`` says whether it changes the tensor
+    of that name (an initializer, or a Constant named by its output), ``edit(name, array)``
+    changes a writable array of its data (masking.Zeroing is one)."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def __call__(self, name: str, array: np.ndarray) -> None: ...
+
+
+@dataclass(frozen=True)
+class WithTensors:
+    """``model`` as onnxruntime should run it: with ``edit`` applied to its tensors.
+
+    The reference of a shrink is the full model with channels zeroed; handing it over this way
+    zeroes each tensor in the file onnxruntime reads, instead of first building a zeroed copy
+    of the whole model (on a VGG-16-sized model nearly every byte is a producer weight).
+    """
+
+    model: onnx.ModelProto
+    edit: TensorEdit
+
+
 def session(
-    model: onnx.ModelProto | str | os.PathLike,
+    model: onnx.ModelProto | WithTensors | str | os.PathLike,
     *,
     providers: Sequence[str] | None = None,
     threads: int = 0,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
-    """An onnxruntime session with quiet logs. Defaults to ``["CPUExecutionProvider"]`` and
-    onnxruntime's own thread count (``threads`` 0).
+    """An onnxruntime session with quiet logs. Defaults to ``["CPUExecutionProvider"]``,
+    onnxruntime's own thread count (``threads`` 0) and prepacked weights.
+
+    ``prepack=False`` keeps onnxruntime from copying Gemm/MatMul weights into its packed
+    layout: a session that runs a few samples (validation) does not earn back the copy, which
+    on a VGG-16-sized model is half the model's bytes; latency measurements keep it.
 
     A session whose first provider did not start (onnxruntime-gpu lists CUDA on machines
     without a GPU, then quietly runs on CPU) raises OnnxotoError rather than measuring CPU
     under another name. Protos with over 64 MiB of tensors go through a temporary folder with
     external data, which onnxruntime maps rather than copies (and which protobuf needs from
-    2 GiB on).
+    2 GiB on); /dev/shm holds it when it has room (no disk writes).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
-    if not isinstance(model, onnx.ModelProto):
+    if not isinstance(model, (onnx.ModelProto, WithTensors)):
         return _open(str(model), options, chosen, _describe(model))
-    if _tensor_bytes(model) < _MAP_BYTES:
-        return _open(model.SerializeToString(), options, chosen, _describe(model))
-    with tempfile.TemporaryDirectory(prefix="onnxoto-") as folder:
+    proto, edit = (model.model, model.edit) if isinstance(model, WithTensors) else (model, None)
+    size = _tensor_bytes(proto)
+    if size < _MAP_BYTES:
+        handed = proto if edit is None else _handover(proto, edit, None)
+        return _open(handed.SerializeToString(), options, chosen, _describe(proto))
+    with tempfile.TemporaryDirectory(prefix="onnxoto-", dir=_scratch(size)) as folder:
         path = Path(folder) / "model.onnx"
-        save_model(model, path, external=True)
-        return _open(str(path), options, chosen, _describe(model))
+        path.write_bytes(_handover(proto, edit, path.with_suffix(".data")).SerializeToString())
+        return _open(str(path), options, chosen, _describe(proto))
+
+
+def _scratch(size: int) -> str | None:
+    """/dev/shm when it has room for ``size`` bytes and a margin, else the default temp dir."""
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage("/dev/shm").free > 2 * size:
+            return "/dev/shm"
+    return None
+
+
+def _handover(proto: onnx.ModelProto, edit: TensorEdit | None,
+              data: Path | None) -> onnx.ModelProto:
+    """The model onnxruntime gets: ``proto`` with ``edit`` applied; with a ``data`` file, every
+    initializer of ``_INLINE_BYTES`` or more is written there, page-aligned, and referenced.
+    One tensor's bytes are in memory at a time: an edited one is changed in the file, through a
+    memory map (nothing is fsynced or hashed: the file lives for one session build)."""
+    edit = edit if edit is not None else frozenset()
+    header = without_initializers(proto)
+    with contextlib.ExitStack() as stack:
+        sink = None if data is None else stack.enter_context(open(data, "w+b"))
+        for tensor in proto.graph.initializer:
+            target = header.graph.initializer.add()
+            raw = _raw(tensor) if sink is not None else None
+            if raw is None or len(raw) < _INLINE_BYTES:
+                target.CopyFrom(tensor if tensor.name not in edit else
+                                _tensor(tensor, edited(edit, tensor.name, tensor)))
+                continue
+            in_place = tensor.name in edit and tensor.data_type in _MAPPABLE
+            if tensor.name in edit and not in_place:  # packed types: through numpy_helper
+                raw = _tensor(tensor, edited(edit, tensor.name, tensor)).raw_data
+            end = sink.seek(0, os.SEEK_END)
+            offset = sink.seek(end + -end % _PAGE)
+            sink.write(raw)
+            _reference(target, tensor, data.name, offset, len(raw))
+            del raw
+            if in_place:
+                sink.flush()
+                edit(tensor.name, np.memmap(sink, dtype=_file_dtype(tensor), mode="r+",
+                                            offset=offset, shape=tuple(tensor.dims)))
+    for node in header.graph.node:
+        for attr in node.attribute if node.op_type == "Constant" else ():
+            if attr.name == "value" and node.output[0] in edit:
+                attr.t.CopyFrom(_tensor(attr.t, edited(edit, node.output[0], attr.t)))
+    return header
+
+
+def _reference(target: onnx.TensorProto, tensor: onnx.TensorProto, location: str,
+               offset: int, length: int) -> None:
+    target.name, target.data_type = tensor.name, tensor.data_type
+    target.dims.extend(tensor.dims)
+    target.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = target.external_data.add()
+        entry.key, entry.value = key, str(value)
+
+
+def _tensor(like: onnx.TensorProto, array: np.ndarray) -> onnx.TensorProto:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(like.data_type)
+    return numpy_helper.from_array(np.asarray(array).astype(dtype, copy=False), like.name)
+
+
+def _file_dtype(tensor: onnx.TensorProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+
+
+def _raw(tensor: onnx.TensorProto) -> bytes | None:
+    """The tensor's bytes as an external-data file holds them, or None for tensors that stay
+    inline (strings and typed-field data)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+        return None
+    return tensor.raw_data
 
 
 def _tensor_bytes(model: onnx.ModelProto) -> int:

@@ -22,18 +22,20 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxoto import runtime
 from onnxoto.canonical import canonicalize
 from onnxoto.files import (  # noqa: F401  (moved to files.py; old imports keep working)
     EXTERNAL_DATA_LIMIT,
     save_model,
     uses_external_data,
+    without_initializers,
 )
 from onnxoto.graph import GraphView, ModelLike, infer_shapes, light_copy, load_model
 from onnxoto.groups import check_masks
-from onnxoto.masking import producer_norms, replace_tensor, tensor_protos, zero_channels
+from onnxoto.masking import Zeroing, constant_tensors, producer_norms, write_array
 from onnxoto.partition import Partition, opset_of, partition
 from onnxoto.rules import rule_for
-from onnxoto.validate import Comparison, compare
+from onnxoto.validate import CompareOptions, Comparison, check, record
 
 
 @dataclass(frozen=True)
@@ -107,19 +109,25 @@ def shrink(model: ModelLike, masks: Mapping, *, options: ShrinkOptions = ShrinkO
     ``masks`` maps group ids (or "g<id>") to boolean keep vectors; groups not listed are kept.
     """
     # The canonical graph (deterministic names, so a given ``result`` matches it) is what is
-    # sliced and what the slim model is.
-    full = canonicalize(load_model(model), in_place=not isinstance(model, onnx.ModelProto))
+    # sliced and what the slim model is; a partition's own model is that graph already, loaded
+    # and checked.
+    if result is not None and model is result.model:
+        full = result.model
+    else:
+        full = canonicalize(load_model(model), in_place=not isinstance(model, onnx.ModelProto))
     result = result or partition(full)
     masks = round_masks(full, result, normalize_masks(masks, result), options.round_to)
+    recording = None
+    if options.validate:  # the reference runs (and its session goes) before the slim model exists
+        recording = record(runtime.WithTensors(full, Zeroing(result.groups, masks)),
+                           CompareOptions(samples=options.samples, seed=options.seed,
+                                          rtol=options.rtol, atol=options.atol,
+                                          dynamic_dim=options.dynamic_dim,
+                                          shapes=options.input_shapes))
     slim = slice_model(full, result, masks)
     changes = [ChannelChange(gid, _layer_name(result, gid), result.groups[gid].size,
                              int(keep.sum())) for gid, keep in sorted(masks.items())]
-    comparison = None
-    if options.validate:
-        reference = zero_channels(full, result.groups, masks)
-        comparison = compare(reference, slim, samples=options.samples, seed=options.seed,
-                             rtol=options.rtol, atol=options.atol,
-                             dynamic_dim=options.dynamic_dim, shapes=options.input_shapes)
+    comparison = None if recording is None else check(recording, slim)
     return ShrinkResult(model=slim, masks=masks, changes=changes, comparison=comparison)
 
 
@@ -131,10 +139,8 @@ def _layer_name(result: Partition, gid: int) -> str:
 def slice_model(full: onnx.ModelProto, result: Partition,
                 masks: Mapping[int, np.ndarray]) -> onnx.ModelProto:
     """The graph surgery itself: slice members, let rules fix their nodes, re-infer shapes."""
-    slim = onnx.ModelProto()
-    slim.CopyFrom(full)
+    slim = _sliced_copy(full, removed_indices(result, masks))
     _drop_initializer_inputs(slim)
-    _slice_initializers(slim, result, masks)
     if slim.ir_version < 4:
         _declare_initializer_inputs(slim)
     rewrite_nodes(slim, result, masks, opset=opset_of(full))
@@ -191,14 +197,33 @@ def removed_indices(result: Partition, masks: Mapping[int, np.ndarray],
             for name, axes in removed.items()}
 
 
-def _slice_initializers(slim: onnx.ModelProto, result: Partition,
-                        masks: Mapping[int, np.ndarray]) -> None:
-    protos = tensor_protos(slim)
-    for name, axes in removed_indices(result, masks).items():
-        array = numpy_helper.to_array(protos[name])
-        for axis, indices in axes.items():
-            array = np.delete(array, indices, axis=axis)
-        replace_tensor(protos[name], array)
+def _sliced_copy(full: onnx.ModelProto, removed: dict[str, dict[int, list[int]]],
+                 ) -> onnx.ModelProto:
+    """A copy of ``full`` whose initializers lose the ``removed`` indices, each written once
+    from its sliced array: copying the whole model first and then replacing tensors would hold
+    the full model's bytes a second time."""
+    slim = without_initializers(full)
+    for tensor in full.graph.initializer:
+        axes = removed.get(tensor.name)
+        if axes is None:
+            slim.graph.initializer.add().CopyFrom(tensor)
+        else:
+            write_array(slim.graph.initializer.add(), tensor.name, tensor.data_type,
+                        _sliced(tensor, axes))
+    for name, tensor in constant_tensors(slim, removed):
+        write_array(tensor, tensor.name, tensor.data_type, _sliced(tensor, removed[name]))
+    return slim
+
+
+def _sliced(tensor: onnx.TensorProto, axes: dict[int, list[int]]) -> np.ndarray:
+    """The tensor without the given indices per axis: ``np.take`` of the kept ones copies only
+    what stays, where ``np.delete`` with an index list is several times slower."""
+    array = numpy_helper.to_array(tensor)
+    for axis, indices in axes.items():
+        keep = np.ones(array.shape[axis], dtype=bool)
+        keep[indices] = False
+        array = np.take(array, np.flatnonzero(keep), axis=axis)
+    return array
 
 
 def _refresh_shapes(model: onnx.ModelProto) -> None:

@@ -11,6 +11,7 @@ deployments that care about small outputs too.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -215,7 +216,7 @@ def _summary_line(out: OutputDiff) -> str:
 
 
 def compare(
-    reference: ModelLike,
+    reference: ModelLike | runtime.WithTensors,
     candidate: ModelLike,
     options: CompareOptions | None = None,
     *,
@@ -232,7 +233,8 @@ def compare(
     fields when no ``options`` is given. Inputs follow the reference's declared inputs; random
     sample i uses seed + i; with ``options.data`` the given inputs are the one sample. The
     candidate may drop inputs it no longer reads. Output names or shapes that differ raise
-    OnnxotoError; NaN anywhere fails.
+    OnnxotoError; NaN anywhere fails. A ``runtime.WithTensors`` reference runs its model with
+    the tensors it gives (a zeroed reference without a zeroed copy of the model).
     """
     given = {"samples": samples, "seed": seed, "rtol": rtol, "atol": atol,
              "dynamic_dim": dynamic_dim, "shapes": shapes}
@@ -240,11 +242,46 @@ def compare(
         options = CompareOptions(**given)
     elif given != _SHORTHAND_DEFAULTS:
         raise TypeError("compare() takes options or its keyword shorthands, not both")
-    ref_model, cand_model = load_model(reference), load_model(candidate)
-    names = _matching_outputs(ref_model, cand_model)
-    types = {o.name: o.type.tensor_type.elem_type for o in ref_model.graph.output}
-    limits = {name: resolve_tolerance(types[name], options.rtol, options.atol) for name in names}
-    cand_inputs = _candidate_inputs(ref_model, cand_model)
+    ref_model = _model_of(reference)
+    cand_model = load_model(candidate)
+    _matching_outputs(ref_model, cand_model)  # mismatches fail before anything runs
+    _candidate_inputs(ref_model, cand_model)
+    return _check(_record(reference, ref_model, options), cand_model)
+
+
+@dataclass
+class Recording:
+    """A reference model's outputs on the comparison's inputs: what ``check`` holds a candidate
+    to. Recording first lets a caller drop the reference's session (and build the candidate)
+    before the candidate runs, so the two models never share the memory peak."""
+
+    model: onnx.ModelProto
+    options: CompareOptions
+    feeds: list[dict[str, np.ndarray]]
+    outputs: list[dict[str, np.ndarray]]
+    provider: str
+
+
+def record(reference: ModelLike | runtime.WithTensors,
+           options: CompareOptions | None = None) -> Recording:
+    """Run the reference on the inputs ``options`` describe (defaults: CompareOptions())."""
+    return _record(reference, _model_of(reference), options or CompareOptions())
+
+
+def check(recording: Recording, candidate: ModelLike) -> Comparison:
+    """Run the candidate on the recorded inputs and compare every output by name (see
+    compare)."""
+    return _check(recording, load_model(candidate))
+
+
+def _model_of(reference: ModelLike | runtime.WithTensors) -> onnx.ModelProto:
+    if isinstance(reference, runtime.WithTensors):
+        return reference.model
+    return load_model(reference)
+
+
+def _record(reference: ModelLike | runtime.WithTensors, ref_model: onnx.ModelProto,
+            options: CompareOptions) -> Recording:
     if options.data is not None:
         feeds = [runtime.given_inputs(ref_model, options.data)]
     else:  # input sizes are checked before onnxruntime sets anything up
@@ -252,13 +289,21 @@ def compare(
                                        batch=options.dynamic_dim,
                                        dynamic_dim=options.dynamic_dim, shapes=options.shapes)
                  for i in range(options.samples)]
-    providers = runtime.providers_for(options.provider)
-    ref_session = runtime.session(ref_model, providers=providers)
-    cand_session = runtime.session(cand_model, providers=providers)
+    source = reference if isinstance(reference, runtime.WithTensors) else ref_model
+    outputs, provider = _run_all(source, feeds, runtime.providers_for(options.provider))
+    return Recording(ref_model, options, feeds, outputs, provider)
+
+
+def _check(recording: Recording, cand_model: onnx.ModelProto) -> Comparison:
+    ref_model, options = recording.model, recording.options
+    names = _matching_outputs(ref_model, cand_model)
+    types = {o.name: o.type.tensor_type.elem_type for o in ref_model.graph.output}
+    limits = {name: resolve_tolerance(types[name], options.rtol, options.atol) for name in names}
+    cand_inputs = _candidate_inputs(ref_model, cand_model)
+    cand_feeds = [{k: v for k, v in feed.items() if k in cand_inputs} for feed in recording.feeds]
+    cand_outs, _ = _run_all(cand_model, cand_feeds, runtime.providers_for(options.provider))
     worst: dict[str, OutputDiff] = {}
-    for sample, feed in enumerate(feeds):
-        ref_out = runtime.run(ref_session, feed)
-        cand_out = runtime.run(cand_session, {k: v for k, v in feed.items() if k in cand_inputs})
+    for sample, (ref_out, cand_out) in enumerate(zip(recording.outputs, cand_outs, strict=True)):
         for name in names:
             limit = limits[name]
             diff = output_diff(name, ref_out[name], cand_out[name], rtol=limit.rtol,
@@ -271,12 +316,25 @@ def compare(
         outputs=[worst[name] for name in names],
         rtol=options.rtol,
         atol=options.atol,
-        samples=len(feeds),
+        samples=len(recording.feeds),
         seed=options.seed,
         check=options.check,
-        provider=ref_session.get_providers()[0],
+        provider=recording.provider,
         inputs="random" if options.data is None else _describe_data(options.data),
     )
+
+
+def _run_all(model: onnx.ModelProto | runtime.WithTensors, feeds: list[dict[str, np.ndarray]],
+             providers: list[str]) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Every sample's outputs, and the provider that ran them. One model's session at a time:
+    the reference's is gone before the candidate's is built, so the two never share the
+    peak; no prepacked weight copies (see runtime.session)."""
+    sess = runtime.session(model, providers=providers, prepack=False)
+    outputs = [runtime.run(sess, feed) for feed in feeds]
+    provider = sess.get_providers()[0]
+    del sess
+    gc.collect()
+    return outputs, provider
 
 
 _SHORTHAND_DEFAULTS = {f.name: f.default for f in fields(CompareOptions)

@@ -213,3 +213,54 @@ def test_broken_model_is_a_one_line_error():
     model.graph.node[0].op_type = "NoSuchOp"
     with pytest.raises(OnnxotoError, match="onnxruntime cannot load"):
         runtime.session(model)
+
+
+def _zeroing_case():
+    from onnxoto.groups import Group, Member
+
+    model = _linear(W, B)
+    group = Group(id=0, size=3, prunable=True, reasons=[], members=[
+        Member("W", 1, "producer"), Member("b", 0, "producer")])
+    return model, [group], {0: np.array([True, False, True])}
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_zeroed_reference_is_handed_over_without_a_copy(monkeypatch, external):
+    """WithTensors(model, Zeroing) runs what zero_channels builds, through the in-memory route
+    and the external-data route (zeroed in the file through a memory map)."""
+    from onnxoto.masking import Zeroing, zero_channels
+
+    model, groups, masks = _zeroing_case()
+    if external:
+        monkeypatch.setattr(runtime, "_MAP_BYTES", 0)
+        monkeypatch.setattr(runtime, "_INLINE_BYTES", 0)
+    before = model.SerializeToString()
+    reference = runtime.WithTensors(model, Zeroing(groups, masks))
+    same = compare(reference, zero_channels(model, groups, masks))
+    assert same.passed and same.outputs[0].max_abs == 0.0
+    assert not compare(reference, model).passed  # the zeroed column differs from the model's
+    assert model.SerializeToString() == before
+
+
+def test_reference_session_is_gone_before_the_candidate_runs(monkeypatch):
+    import gc
+    import weakref
+
+    from onnxoto.validate import check, record
+
+    built: list[weakref.ref] = []
+    session = runtime.session
+
+    def tracked(model, **kwargs):
+        gc.collect()
+        assert all(ref() is None for ref in built), "an earlier session is still alive"
+        sess = session(model, **kwargs)
+        built.append(weakref.ref(sess))
+        return sess
+
+    monkeypatch.setattr(runtime, "session", tracked)
+    model = _linear(W, B)
+    assert compare(model, _linear(W, B + 1e-7)).passed
+    recording = record(model)
+    assert check(recording, _linear(W, B + 1.0)).outputs[0].max_abs == pytest.approx(1.0)
+    assert len(built) == 4
