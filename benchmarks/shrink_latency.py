@@ -1,12 +1,17 @@
 """Shrink + validate time and onnxruntime CPU latency of ResNet-50 kept at 75 / 50 / 25 %;
-with ``--cost``, wall time and peak memory of the `onnxoto mask` and `onnxoto shrink` commands.
+with ``--cost``, time and peak memory of mask and shrink, through the API and the CLI.
 
 Targets: shrink + validate <= 3 s; latency ratio / MACs ratio <= 1.15 (the slim model is about
 as much faster as it is cheaper). Full and slim are timed side by side, interleaved, in one run.
 Cost targets (issue 26): peak RSS of mask and shrink <= 3x the model's bytes; on a VGG-16-sized
-model mask <= 1.5 s and shrink + validate <= 6 s. Each command runs in its own process (its peak
-RSS is its VmHWM); ``--before DIR`` (a checkout of older code) runs the same commands with that
-code in the same run, so the two columns share the machine's state.
+model mask <= 1.5 s and shrink + validate <= 6 s. ``--cost`` measures, per model and code tree,
+in fresh processes: the API phases after imports (partition of the path, which loads it;
+magnitude masks on the partition's model; shrink + validate of that model), each with wall and
+CPU seconds and its own peak RSS (the high-water mark is reset as each phase starts, so a peak
+includes what is already resident, the loaded model first); then the `onnxoto mask` and
+`onnxoto shrink --mask` commands, wall time from start-up and the process's peak RSS (VmHWM).
+``--before DIR`` (a checkout of older code) runs the same with that code in the same run, so
+the columns share the machine's state.
 
     python benchmarks/shrink_latency.py [--runs 30] [--keep 0.75 0.5 0.25]
     python benchmarks/shrink_latency.py --cost [--before /tmp/onnxoto-before]
@@ -15,6 +20,7 @@ code in the same run, so the two columns share the machine's state.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -134,8 +140,50 @@ def command_cost(args: list[str], *, code: Path | None = None) -> dict:
         return {"seconds": seconds, "peak_rss": int(Path(peak.name).read_text()) * 1024}
 
 
+# The API phases of mask and shrink, in one process; prints one JSON line. Each phase's peak is
+# its own: writing 5 to clear_refs resets VmHWM to the current RSS.
+_API_PROBE = """
+import gc, json, sys, time
+from onnxoto.masking import magnitude_masks
+from onnxoto.partition import partition
+from onnxoto.shrink import shrink
+
+def rss(key):
+    with open('/proc/self/status') as f:
+        return 1024 * int(next(l for l in f if l.startswith(key)).split()[1])
+
+def phase(fn):
+    gc.collect()
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = fn()
+    return value, {'s': time.perf_counter() - wall, 'cpu_s': time.process_time() - cpu,
+                   'peak_rss': rss('VmHWM')}
+
+path, ratio = sys.argv[1], float(sys.argv[2])
+result, part = phase(lambda: partition(path))
+masks, mask = phase(lambda: magnitude_masks(result.model, result.groups, ratio=ratio))
+outcome, shrunk = phase(lambda: shrink(result.model, masks, result=result))
+assert outcome.passed, outcome.comparison.summary()
+print(json.dumps({'partition': part, 'mask': mask, 'shrink_validate': shrunk}))
+"""
+
+
+def api_cost(path: Path, ratio: float, *, code: Path | None = None) -> dict:
+    """Per API phase: wall and CPU seconds and peak RSS, in a fresh process on ``code``."""
+    root = code or Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", _API_PROBE, str(path), str(ratio)], env=env,
+                          cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"API phases on {path} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def cost_table(before: Path | None, models: list[str], ratio: float) -> int:
-    """`onnxoto mask` then `onnxoto shrink --mask` (validated) on each model, per code tree."""
+    """API phases, then `onnxoto mask` and `onnxoto shrink --mask` (validated), on each model,
+    per code tree."""
     trees = {"before": before, "after": None} if before else {"after": None}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,29 +198,45 @@ def cost_table(before: Path | None, models: list[str], ratio: float) -> int:
                 export_onnx(build(name), ZOO[name].input_shape, path)
             size = path.stat().st_size
             for label, code in trees.items():
+                api = api_cost(path, ratio, code=code)
                 masks, slim = Path(tmp) / f"{name}.{label}.npz", Path(tmp) / f"{name}.slim.onnx"
                 mask = command_cost(["mask", str(path), "--ratio", str(ratio), "-o", str(masks)],
                                     code=code)
                 shrunk = command_cost(["shrink", str(path), "--mask", str(masks), "-o",
                                        str(slim)], code=code)
                 slim.unlink()
-                rows.append({"model": name, "model_bytes": size, "code": label,
+                rows.append({"model": name, "model_bytes": size, "code": label, "api": api,
+                             "load": os.getloadavg()[0],
                              "mask_s": mask["seconds"], "mask_peak_rss": mask["peak_rss"],
                              "shrink_validate_s": shrunk["seconds"],
                              "shrink_peak_rss": shrunk["peak_rss"]})
-    headers = ["model", "MB", "code", "mask s", "mask peak RSS MB (x model)",
-               "shrink+validate s", "shrink peak RSS MB (x model)"]
 
-    def rss(row: dict, key: str) -> str:
-        return f"{row[key] / 1e6:,.0f} ({row[key] / row['model_bytes']:.1f}x)"
+    def rss(value: int, row: dict) -> str:
+        return f"{value / 1e6:,.0f} ({value / row['model_bytes']:.1f}x)"
 
-    table = [[r["model"], f"{r['model_bytes'] / 1e6:.0f}", r["code"], f"{r['mask_s']:.2f}",
-              rss(r, "mask_peak_rss"), f"{r['shrink_validate_s']:.2f}",
-              rss(r, "shrink_peak_rss")] for r in rows]
-    markdown = (f"`onnxoto mask --ratio {ratio}` and `onnxoto shrink --mask` (validated: 3 "
-                f"seeded samples), each a fresh process; wall time includes Python start-up "
-                f"and imports; peak RSS is the process's VmHWM\n\n"
-                + markdown_table(headers, table))
+    api_headers = ["model", "MB", "code", "load avg", "partition s (CPU s)", "partition peak MB",
+                   "mask s (CPU s)", "mask peak MB", "shrink+validate s (CPU s)",
+                   "shrink+validate peak MB"]
+    api_rows = [[r["model"], f"{r['model_bytes'] / 1e6:.0f}", r["code"], f"{r['load']:.1f}"]
+                + [cell for key in ("partition", "mask", "shrink_validate") for cell in (
+                    f"{r['api'][key]['s']:.2f} ({r['api'][key]['cpu_s']:.2f})",
+                    rss(r["api"][key]["peak_rss"], r))] for r in rows]
+    cli_headers = ["model", "MB", "code", "mask s", "mask peak RSS MB (x model)",
+                   "shrink+validate s", "shrink peak RSS MB (x model)"]
+    cli_rows = [[r["model"], f"{r['model_bytes'] / 1e6:.0f}", r["code"], f"{r['mask_s']:.2f}",
+                 rss(r["mask_peak_rss"], r), f"{r['shrink_validate_s']:.2f}",
+                 rss(r["shrink_peak_rss"], r)] for r in rows]
+    markdown = (f"Masks remove {ratio:.0%} of every prunable group (magnitude); validation runs "
+                f"3 seeded samples on onnxruntime CPU. Made by `python benchmarks/"
+                f"shrink_latency.py --cost`.\n\nAPI, after imports, each phase in the same "
+                f"fresh process: partition(path) loads, canonicalizes and partitions; mask is "
+                f"magnitude_masks on the partition's model; shrink+validate is shrink(model, "
+                f"masks, result=partition). CPU s counts every thread of the process. A phase's "
+                f"peak RSS includes what was resident when it started (the loaded model).\n\n"
+                + markdown_table(api_headers, api_rows)
+                + "\n\nCLI, each command a fresh process: wall time includes Python start-up, "
+                  "imports, loading and partitioning; peak RSS is the process's VmHWM.\n\n"
+                + markdown_table(cli_headers, cli_rows))
     print(markdown)
     out = write_results("shrink_latency_cost", {"ratio": ratio, "rows": rows}, markdown)
     print(f"\nwrote {out}")
@@ -204,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     result = partition(full)
     full_metrics = measure(full)
     slims, rows = {}, []
-    for keep in args.keep:
-        masks = magnitude_masks(full, result.groups, ratio=1.0 - keep)
+    for keep in args.keep:  # masks read the canonical graph, the one the groups name
+        masks = magnitude_masks(result.model, result.groups, ratio=1.0 - keep)
         start = time.perf_counter()
-        outcome = shrink(full, masks, result=result,
+        outcome = shrink(result.model, masks, result=result,
                          options=ShrinkOptions(round_to=args.round_to))
         seconds = time.perf_counter() - start
         assert outcome.passed, outcome.comparison.summary()
