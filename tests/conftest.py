@@ -39,3 +39,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Killed(Exception):
+    """Stands for a process killed right after a checkpoint was written."""
+
+
+@pytest.fixture
+def killed_after_checkpoint(monkeypatch):
+    """``with killed_after_checkpoint(epoch): run(...)``: the run dies right after writing the
+    checkpoint of ``epoch`` (any epoch when None), as a kill would leave it; resume tests then
+    continue from that file."""
+    from contextlib import contextmanager
+
+    import trainers.train
+
+    save = trainers.train._save_checkpoint
+
+    @contextmanager
+    def killed(after_epoch: int | None = None):
+        def save_then_die(run, epoch):
+            save(run, epoch)
+            if after_epoch is None or epoch == after_epoch:
+                raise Killed
+
+        monkeypatch.setattr(trainers.train, "_save_checkpoint", save_then_die)
+        try:
+            with pytest.raises(Killed):
+                yield
+        finally:
+            monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
+
+    return killed

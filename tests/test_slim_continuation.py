@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-import trainers.train
 from onnxoto.errors import OnnxotoError
 from onnxoto.groups import load_masks
 from onnxoto.partition import partition
@@ -189,12 +188,8 @@ def test_slim_run_matches_full_run(cli_runs, demonet):
                                                               rel=1e-6)
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("killed_after", [1, 2])
-def test_resume_across_the_switch(demonet, data, cli_runs, tmp_path, monkeypatch,
+def test_resume_across_the_switch(demonet, data, cli_runs, tmp_path, killed_after_checkpoint,
                                   killed_after):
     """Killed after epoch 1 (full network, released optimizer) or 2 (slim network): the resumed
     run switches where the uninterrupted one (``cli_runs``' slim run) did and ends bit for bit
@@ -202,15 +197,7 @@ def test_resume_across_the_switch(demonet, data, cli_runs, tmp_path, monkeypatch
     options = dict(data=str(data), momentum=0.9, **RUN)
     straight_folder = cli_runs[0] / "slim"
     straight = json.loads((straight_folder / FILES["metrics"]).read_text())
-    save = trainers.train._save_checkpoint
-
-    def save_then_die(run, epoch):
-        save(run, epoch)
-        if epoch == killed_after:
-            raise _Killed
-
-    monkeypatch.setattr(trainers.train, "_save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_checkpoint(killed_after):
         run_dhspg(demonet, TrainOptions(out=tmp_path / "b", **options))
     state = torch.load(tmp_path / "b" / FILES["checkpoint"], weights_only=True)
     assert (state["slim"] is None) == (killed_after == 1)
@@ -220,7 +207,6 @@ def test_resume_across_the_switch(demonet, data, cli_runs, tmp_path, monkeypatch
         torch.save(state, tmp_path / "c" / FILES["checkpoint"])
         with pytest.raises(OnnxotoError, match="damaged checkpoint \\(slim network"):
             run_dhspg(demonet, TrainOptions(out=tmp_path / "c", resume=True, **options))
-    monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
     resumed = run_dhspg(demonet, TrainOptions(out=tmp_path / "b", resume=True, **options))
     for name in (FILES["trained"], FILES["slim"]):
         a, b = _weights(straight_folder / name), _weights(tmp_path / "b" / name)

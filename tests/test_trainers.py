@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-import trainers.train
 from onnxoto.errors import OnnxotoError
 from onnxoto.groups import load_masks
 from onnxoto.masking import masks_from_zeros
@@ -240,24 +239,12 @@ def test_compile_flag_trains_to_the_same_sparsity(mlpnet, synthetic, tmp_path):
     assert 0 < a["group_sparsity"] <= a["history"][-1]["redundant_count"] / zigs
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_cosine_run_killed_after_one_epoch_resumes_exactly(mlpnet, synthetic, tmp_path,
-                                                            monkeypatch):
+                                                            killed_after_checkpoint):
     options = dict(data=str(synthetic), lr_schedule="cosine", **TINY)
     straight = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "a", **options))
-    save = trainers.train._save_checkpoint
-
-    def save_then_die(run, epoch):
-        save(run, epoch)
-        raise _Killed
-
-    monkeypatch.setattr(trainers.train, "_save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_checkpoint():
         run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", **options))
-    monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
     resumed = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "b", resume=True, **options))
     a, b = _weights(tmp_path / "a" / FILES["trained"]), _weights(tmp_path / "b" / FILES["trained"])
     for name in a:

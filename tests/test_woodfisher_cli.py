@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-import trainers.train
 from onnxoto.cli import main as onnxoto_main
 from onnxoto.errors import OnnxotoError
 from trainers.__main__ import main
@@ -135,28 +134,16 @@ def test_gradual_prunes_on_the_cubic_schedule(gradual):
     assert metrics["validation"]["passed"]
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_killed_after_epoch_one_resumes_exactly(gradual, mlpnet, synthetic, tmp_path,
-                                                monkeypatch):
+                                                killed_after_checkpoint):
     """The second pruning step happens after the resume: it needs the checkpoint's masks, step
     and SGD state and the same seeded Fisher batches to give the same weights bit for bit."""
     out, straight = gradual
     options = WoodFisherOptions(data=str(synthetic), epochs=2, batch_size=32, fisher_samples=16,
                                 lr=0.05, sparsity=0.8, gradual=True, steps=2, quiet=True,
                                 out=tmp_path)
-    save = trainers.train._save_checkpoint
-
-    def save_then_die(run, epoch):
-        save(run, epoch)
-        raise _Killed
-
-    monkeypatch.setattr(trainers.train, "_save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_checkpoint():
         run_woodfisher(mlpnet, options)
-    monkeypatch.setattr(trainers.train, "_save_checkpoint", save)
     options.resume = True
     resumed = run_woodfisher(mlpnet, options)
     a, b = _weights(out / FILES["trained"]), _weights(tmp_path / FILES["trained"])
