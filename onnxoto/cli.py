@@ -251,11 +251,13 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
 
     from onnxoto.files import save_model, uses_external_data
     from onnxoto.groups import load_masks, mask_file_sha, save_masks
-    from onnxoto.masking import masks_from_zeros
+    from onnxoto.masking import Zeroing, masks_from_zeros
     from onnxoto.metrics import measure
     from onnxoto.partition import partition
     from onnxoto.report import render_shrink, shrink_report
-    from onnxoto.shrink import ShrinkOptions, shrink
+    from onnxoto.runtime import HandedOver, WithTensors
+    from onnxoto.shrink import ShrinkOptions, compare_options, shrink
+    from onnxoto.validate import compare
 
     if (mask_path is None) == (not zeros):
         raise OnnxotoError("give exactly one of --mask masks.npz or --zeros")
@@ -278,7 +280,15 @@ def shrink_command(model: Path, mask_path: Path | None, zeros: bool, tol: float,
     options = ShrinkOptions(round_to=round_to, validate=not no_validate, samples=samples,
                             seed=seed, rtol=rtol, atol=atol, dynamic_dim=dynamic_dim,
                             input_shapes=input_shapes or None)
-    outcome = shrink(result.model, masks, options=options, result=result)
+    outcome = shrink(result.model, masks, options=replace(options, validate=False),
+                     result=result)
+    if options.validate:
+        # The zeroed reference is written out and the partition (which holds the full model)
+        # goes before onnxruntime maps it: the full model's bytes are held once, not twice.
+        zeroed = WithTensors(result.model, Zeroing(result.groups, outcome.masks))
+        with HandedOver(zeroed) as reference:
+            del zeroed, result
+            outcome.comparison = compare(reference, outcome.model, compare_options(options))
     if not outcome.passed:
         click.echo(render_shrink(shrink_report(outcome, before, measure(outcome.model))))
         click.echo(f"onnxoto shrink: validation FAILED; {output} not written (use "

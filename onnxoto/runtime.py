@@ -103,43 +103,76 @@ class WithTensors:
     edit: TensorEdit
 
 
+class HandedOver:
+    """A model written out as onnxruntime reads it: a header proto (the graph, small tensors)
+    and a data file with every larger tensor, in a temporary folder that ``close`` (or leaving
+    a ``with`` block) removes. The proto it was made from is not kept, so a caller that owns
+    that proto can drop it before a session maps the file: the bytes are then held once, not
+    twice (``onnxoto shrink`` validates this way). ``model`` is the header: inputs, outputs
+    and shapes, without the tensors' bytes.
+    """
+
+    def __init__(self, model: onnx.ModelProto | WithTensors) -> None:
+        proto, edit = (model.model, model.edit) if isinstance(model, WithTensors) else (model, None)
+        self._folder = tempfile.TemporaryDirectory(prefix="onnxoto-",
+                                                   dir=_scratch(_tensor_bytes(proto)))
+        self.path = Path(self._folder.name) / "model.onnx"
+        try:
+            self.model = _handover(proto, edit, self.path.with_suffix(".data"))
+            self.path.write_bytes(self.model.SerializeToString())
+        except BaseException:
+            self._folder.cleanup()
+            raise
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+    def __enter__(self) -> HandedOver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def session(
-    model: onnx.ModelProto | WithTensors | str | os.PathLike,
+    model: onnx.ModelProto | WithTensors | HandedOver | str | os.PathLike,
     *,
     providers: Sequence[str] | None = None,
     threads: int = 0,
-    prepack: bool = True,
+    weight_copies: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session with quiet logs. Defaults to ``["CPUExecutionProvider"]``,
-    onnxruntime's own thread count (``threads`` 0) and prepacked weights.
+    onnxruntime's own thread count (``threads`` 0) and every graph optimization.
 
-    ``prepack=False`` keeps onnxruntime from copying Gemm/MatMul weights into its packed
-    layout: a session that runs a few samples (validation) does not earn back the copy, which
-    on a VGG-16-sized model is half the model's bytes; latency measurements keep it.
+    ``weight_copies=False`` keeps onnxruntime from copying weights into faster layouts: the
+    packed Gemm/MatMul layout (prepacking) and the blocked NCHWc Conv layout of its
+    highest optimization level (which copies every Conv weight: on ResNet-50 the session
+    holds 2.6x the model's bytes instead of 1.6x). A session that runs a few samples
+    (validation) does not earn the copies back; latency measurements keep them.
 
     A session whose first provider did not start (onnxruntime-gpu lists CUDA on machines
     without a GPU, then quietly runs on CPU) raises OnnxotoError rather than measuring CPU
-    under another name. Protos with over 64 MiB of tensors go through a temporary folder with
-    external data, which onnxruntime maps rather than copies (and which protobuf needs from
-    2 GiB on); /dev/shm holds it when it has room (no disk writes).
+    under another name. Protos with over 64 MiB of tensors go through a HandedOver folder,
+    whose data file onnxruntime maps rather than copies (and which protobuf needs from 2 GiB
+    on); /dev/shm holds it when it has room (no disk writes).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
-    if not prepack:
+    if not weight_copies:
         options.add_session_config_entry("session.disable_prepacking", "1")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
+    if isinstance(model, HandedOver):
+        return _open(str(model.path), options, chosen, _describe(model.model))
     if not isinstance(model, (onnx.ModelProto, WithTensors)):
         return _open(str(model), options, chosen, _describe(model))
     proto, edit = (model.model, model.edit) if isinstance(model, WithTensors) else (model, None)
-    size = _tensor_bytes(proto)
-    if size < _MAP_BYTES:
+    if _tensor_bytes(proto) < _MAP_BYTES:
         handed = proto if edit is None else _handover(proto, edit, None)
         return _open(handed.SerializeToString(), options, chosen, _describe(proto))
-    with tempfile.TemporaryDirectory(prefix="onnxoto-", dir=_scratch(size)) as folder:
-        path = Path(folder) / "model.onnx"
-        path.write_bytes(_handover(proto, edit, path.with_suffix(".data")).SerializeToString())
-        return _open(str(path), options, chosen, _describe(proto))
+    with HandedOver(model) as handed:
+        return _open(str(handed.path), options, chosen, _describe(proto))
 
 
 def _scratch(size: int) -> str | None:

@@ -120,15 +120,19 @@ def shrink(model: ModelLike, masks: Mapping, *, options: ShrinkOptions = ShrinkO
     recording = None
     if options.validate:  # the reference runs (and its session goes) before the slim model exists
         recording = record(runtime.WithTensors(full, Zeroing(result.groups, masks)),
-                           CompareOptions(samples=options.samples, seed=options.seed,
-                                          rtol=options.rtol, atol=options.atol,
-                                          dynamic_dim=options.dynamic_dim,
-                                          shapes=options.input_shapes))
+                           compare_options(options))
     slim = slice_model(full, result, masks)
     changes = [ChannelChange(gid, _layer_name(result, gid), result.groups[gid].size,
                              int(keep.sum())) for gid, keep in sorted(masks.items())]
     comparison = None if recording is None else check(recording, slim)
     return ShrinkResult(model=slim, masks=masks, changes=changes, comparison=comparison)
+
+
+def compare_options(options: ShrinkOptions) -> CompareOptions:
+    """How shrink's validation compares the slim model with the zeroed full one."""
+    return CompareOptions(samples=options.samples, seed=options.seed, rtol=options.rtol,
+                          atol=options.atol, dynamic_dim=options.dynamic_dim,
+                          shapes=options.input_shapes)
 
 
 def _layer_name(result: Partition, gid: int) -> str:

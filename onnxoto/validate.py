@@ -215,7 +215,7 @@ def _summary_line(out: OutputDiff) -> str:
 
 
 def compare(
-    reference: ModelLike | runtime.WithTensors,
+    reference: ModelLike | runtime.WithTensors | runtime.HandedOver,
     candidate: ModelLike,
     options: CompareOptions | None = None,
     *,
@@ -233,7 +233,8 @@ def compare(
     sample i uses seed + i; with ``options.data`` the given inputs are the one sample. The
     candidate may drop inputs it no longer reads. Output names or shapes that differ raise
     OnnxotoError; NaN anywhere fails. A ``runtime.WithTensors`` reference runs its model with
-    the tensors it gives (a zeroed reference without a zeroed copy of the model).
+    the tensors it gives (a zeroed reference without a zeroed copy of the model); a
+    ``runtime.HandedOver`` one runs the model it wrote out.
     """
     given = {"samples": samples, "seed": seed, "rtol": rtol, "atol": atol,
              "dynamic_dim": dynamic_dim, "shapes": shapes}
@@ -261,7 +262,7 @@ class Recording:
     provider: str
 
 
-def record(reference: ModelLike | runtime.WithTensors,
+def record(reference: ModelLike | runtime.WithTensors | runtime.HandedOver,
            options: CompareOptions | None = None) -> Recording:
     """Run the reference on the inputs ``options`` describe (defaults: CompareOptions())."""
     return _record(reference, _model_of(reference), options or CompareOptions())
@@ -273,13 +274,15 @@ def check(recording: Recording, candidate: ModelLike) -> Comparison:
     return _check(recording, load_model(candidate))
 
 
-def _model_of(reference: ModelLike | runtime.WithTensors) -> onnx.ModelProto:
-    if isinstance(reference, runtime.WithTensors):
+def _model_of(reference: ModelLike | runtime.WithTensors | runtime.HandedOver,
+              ) -> onnx.ModelProto:
+    if isinstance(reference, (runtime.WithTensors, runtime.HandedOver)):
         return reference.model
     return load_model(reference)
 
 
-def _record(reference: ModelLike | runtime.WithTensors, ref_model: onnx.ModelProto,
+def _record(reference: ModelLike | runtime.WithTensors | runtime.HandedOver,
+            ref_model: onnx.ModelProto,
             options: CompareOptions) -> Recording:
     if options.data is not None:
         feeds = [runtime.given_inputs(ref_model, options.data)]
@@ -288,7 +291,8 @@ def _record(reference: ModelLike | runtime.WithTensors, ref_model: onnx.ModelPro
                                        batch=options.dynamic_dim,
                                        dynamic_dim=options.dynamic_dim, shapes=options.shapes)
                  for i in range(options.samples)]
-    source = reference if isinstance(reference, runtime.WithTensors) else ref_model
+    handed = isinstance(reference, (runtime.WithTensors, runtime.HandedOver))
+    source = reference if handed else ref_model
     outputs, provider = _run_all(source, feeds, runtime.providers_for(options.provider))
     return Recording(ref_model, options, feeds, outputs, provider)
 
@@ -323,12 +327,13 @@ def _check(recording: Recording, cand_model: onnx.ModelProto) -> Comparison:
     )
 
 
-def _run_all(model: onnx.ModelProto | runtime.WithTensors, feeds: list[dict[str, np.ndarray]],
-             providers: list[str]) -> tuple[list[dict[str, np.ndarray]], str]:
+def _run_all(model: onnx.ModelProto | runtime.WithTensors | runtime.HandedOver,
+             feeds: list[dict[str, np.ndarray]], providers: list[str],
+             ) -> tuple[list[dict[str, np.ndarray]], str]:
     """Every sample's outputs, and the provider that ran them. One model's session at a time:
     the reference's is gone before the candidate's is built, so the two never share the
-    peak; no prepacked weight copies (see runtime.session)."""
-    sess = runtime.session(model, providers=providers, prepack=False)
+    peak; no weight copies in faster layouts (see runtime.session)."""
+    sess = runtime.session(model, providers=providers, weight_copies=False)
     outputs = [runtime.run(sess, feed) for feed in feeds]
     provider = sess.get_providers()[0]
     del sess  # refcounted: freed here, no gc pass needed

@@ -242,6 +242,37 @@ def test_zeroed_reference_is_handed_over_without_a_copy(monkeypatch, external):
     assert model.SerializeToString() == before
 
 
+def test_handed_over_reference_keeps_no_hold_on_the_model(monkeypatch):
+    """HandedOver writes the zeroed model out and keeps no reference to the proto, so its owner
+    can drop the full model before onnxruntime maps the file (onnxoto shrink does); the folder
+    goes when the block ends."""
+    import sys
+
+    from onnxoto.masking import Zeroing, zero_channels
+
+    monkeypatch.setattr(runtime, "_INLINE_BYTES", 0)
+    model, groups, masks = _zeroing_case()
+    held = sys.getrefcount(model)
+    with runtime.HandedOver(runtime.WithTensors(model, Zeroing(groups, masks))) as reference:
+        assert sys.getrefcount(model) == held
+        assert not reference.model.graph.initializer[0].HasField("raw_data")
+        same = compare(reference, zero_channels(model, groups, masks))
+        assert same.passed and same.outputs[0].max_abs == 0.0
+        folder = reference.path.parent
+        assert folder.is_dir()
+    assert not folder.exists()
+
+
+def test_validation_sessions_skip_weight_layout_copies():
+    """A validation session runs a few samples: no prepacked or NCHWc copies of the weights
+    (onnxruntime's highest level reorders every Conv weight into a copy)."""
+    model = _linear(W, B)
+    level = runtime.session(model, weight_copies=False).get_session_options()
+    assert level.graph_optimization_level == runtime.ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    full = runtime.session(model).get_session_options().graph_optimization_level
+    assert full == runtime.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 def test_reference_session_is_gone_before_the_candidate_runs(monkeypatch):
     import gc
     import weakref
