@@ -78,21 +78,26 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 1
 
 
-def partition(model: ModelLike) -> Partition:
+def partition(model: ModelLike, *, in_place: bool = False) -> Partition:
     """Find the zero-invariant groups of a model (path or proto).
 
     The groups are those of the canonical graph (``result.model``; see onnxoto.canonical).
     Every op passes through its rule; ops with no rule, graph outputs, reads from inside
     subgraphs and shared initializers make the groups they touch non-prunable, each with a
     reason naming the node. Raises OnnxotoError for a quantized model.
+
+    A proto that needs canonicalizing is copied so the caller's stays as it was, which holds
+    its weights twice for a moment; ``in_place=True`` canonicalizes the caller's proto itself
+    (the same function, computed constants folded, shared weights split), for callers that
+    keep only the result. A path is always loaded and canonicalized in place.
     """
     proto = load_model(model)
     info: dict = {"path": None, "sha256": None}
-    owned = not isinstance(model, onnx.ModelProto)
-    if owned:
+    loaded = not isinstance(model, onnx.ModelProto)
+    if loaded:
         info = {"path": str(Path(model)), "sha256": file_sha256(model)}
-    where = f"'{info['path']}'" if owned else "model"
-    canonical = canonicalize(proto, where=where, in_place=owned)
+    where = f"'{info['path']}'" if loaded else "model"
+    canonical = canonicalize(proto, where=where, in_place=in_place or loaded)
     view = build_view(canonical)
     tracer = trace(view, opset_of(canonical))
     result = form_groups(tracer, info)

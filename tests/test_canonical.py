@@ -176,6 +176,20 @@ def test_copy_unless_in_place():
     assert same is model and model.SerializeToString() == copy.SerializeToString()
 
 
+def test_partition_canonicalizes_a_proto_in_place_only_when_asked():
+    """partition(proto) leaves the caller's proto alone (a copy is canonicalized);
+    in_place=True makes the caller's proto the canonical model, with the same groups."""
+    model = identity_fed_net()
+    before = model.SerializeToString()
+    copied = partition(model)
+    assert copied.model is not model and model.SerializeToString() == before
+    kept = partition(model, in_place=True)
+    assert kept.model is model and model.SerializeToString() != before
+    assert model.SerializeToString() == copied.model.SerializeToString()
+    assert [(g.prunable, g.members) for g in kept.groups] == [
+        (g.prunable, g.members) for g in copied.groups]
+
+
 def qdq_model() -> onnx.ModelProto:
     g = GraphBuilder(seed=5)
     x = g.input("x", [1, 3, 8, 8])
