@@ -9,6 +9,7 @@ import torch
 
 from onnxoto.groups import Group, IndexMap, Member
 from onnxoto.masking import masks_from_zeros
+from onnxoto.metrics import measure
 from onnxoto.partition import partition
 from onnxoto.shrink import shrink
 from trainers.binding import OnnxModule, write_back
@@ -28,6 +29,7 @@ from trainers.woodfisher import (
     zig_axes,
 )
 from trainers.woodfisher.fisher import LowRankInverse
+from trainers.woodfisher.macs import MacCounter, MacTarget
 from trainers.zig import build_zig_index
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -392,3 +394,55 @@ def test_consumer_side_group_obs_shrinks_and_validates(zoo_cache):
     result = shrink(trained, masks_from_zeros(trained, groups))
     assert result.comparison
     assert sum(int((~m).sum()) for m in result.masks.values()) == int(pruned.sum())
+
+
+@pytest.mark.parametrize("criterion", ["woodfisher", "magnitude"])
+def test_mac_target_is_met_within_one_channel(criterion, zoo_cache):
+    """prune_groups to a MacTarget of 0.45: slim MACs at or below the budget, and one channel
+    fewer (the last one chosen) would be above it; at most 3/4 of any group goes, one channel
+    always stays; the pruned model shrinks and validates with the MACs the counter predicted."""
+    path = zoo_cache("vgg_bn")
+    parts = partition(str(path))
+    module = OnnxModule(path).eval()
+    zig = build_zig_index(parts.groups, module.onnx_parameters())
+    fisher = None
+    if criterion == "woodfisher":
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,),
+                                                                          generator=gen)
+        fisher = BlockFisher.estimate(module, zig.params(), [(x, y)],
+                                      torch.nn.functional.cross_entropy,
+                                      FisherOptions(num_grads=16, mini_batch=2, block_size=512,
+                                                    damping=1e-3), zig_axes(zig))
+    counter = MacCounter(parts, zig)
+    target = MacTarget(counter, 0.45)
+    pruned = prune_groups(zig, target, criterion, fisher=fisher)
+    slim = counter.slim_macs(pruned)
+    assert slim <= target.macs
+    fewer, start = [], 0
+    for size in zig.group_sizes.values():
+        chosen = torch.nonzero(pruned[start:start + size]).squeeze(1)
+        assert len(chosen) <= min(0.75 * size, size - 1)
+        if len(chosen):
+            back = pruned.clone()
+            back[start + int(chosen[0])] = False
+            fewer.append(counter.slim_macs(back))
+        start += size
+    assert max(fewer) > target.macs, "one channel fewer (the last chosen) would miss the budget"
+    trained = write_back(module, onnx.load(str(path)))
+    result = shrink(trained, masks_from_zeros(trained, parts.groups))
+    assert result.comparison
+    assert measure(result.model).macs == slim < 0.5 * measure(trained).macs
+
+
+def test_mac_target_cap_binds_when_the_budget_is_out_of_reach(zoo_cache):
+    """A budget below what 1/4 of every group can reach: every allowed channel goes and no
+    more (the caller sees the slim MACs above the target)."""
+    path = zoo_cache("vgg_bn")
+    parts = partition(str(path))
+    zig = build_zig_index(parts.groups, OnnxModule(path).onnx_parameters())
+    counter = MacCounter(parts, zig, max_group_share=0.25)
+    pruned = prune_groups(zig, MacTarget(counter, 0.05), "magnitude")
+    sizes = list(zig.group_sizes.values())
+    assert int(pruned.sum()) == sum(int(0.25 * s) for s in sizes)
+    assert counter.slim_macs(pruned) > 0.05 * counter.dense

@@ -122,6 +122,30 @@ def test_structured_one_shot_shrinks_and_validates(extra, mlpnet, synthetic, tmp
     assert metrics["options"]["side"] == ("producer" if extra else "consumer")
 
 
+@pytest.mark.parametrize("extra", [[], ["--gradual", "--steps", "2"]], ids=["one-shot", "gradual"])
+def test_target_macs_prunes_to_the_budget(extra, mlpnet, synthetic, tmp_path):
+    """--target-macs 0.5: slim.onnx at or below half the input's MACs (as metrics.json counts
+    them), validated. Gradual: step 0 to 1 - 0.5 (1 - (1 - 1/2)^3) = 56.25 %, the budget only
+    at the last pruning step."""
+    result = _cli(["woodfisher", mlpnet, "--data", synthetic, *TINY[:-1], "--structured",
+                   "--target-macs", "0.5", *extra, "-o", tmp_path])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / FILES["metrics"]).read_text())
+    share = metrics["macs"]["slim_over_input"]
+    assert share <= 0.5 and f"MACs {share:.1%} of the input's (target 50.0%)" in result.output
+    assert metrics["validation"]["passed"] and metrics["accuracy"]["prediction_mismatches"] == 0
+    assert metrics["params"]["slim"] < metrics["params"]["input"]
+    assert metrics["options"]["target_macs"] == 0.5
+    assert metrics["options"]["max_group_share"] == 0.75
+    assert metrics["options"]["sparsity"] is None
+    fractions = [h["macs_fraction"] for h in metrics["history"]]
+    assert fractions[-1] == pytest.approx(share)
+    if extra:
+        assert 0.5 < fractions[0] <= 0.5625
+    else:
+        assert fractions == [fractions[-1]] * 2
+
+
 def test_gradual_prunes_on_the_cubic_schedule(gradual):
     """Step 0 prunes to s (1 - (1 - 1/2)^3) = 0.7, step 4 (epoch 2's first) to 0.8; the first
     step's zeros stay zero."""
@@ -165,8 +189,18 @@ def test_killed_after_epoch_one_resumes_exactly(gradual, mlpnet, synthetic, tmp_
     (["--gradual", "--steps", "9"], "--steps 9 pruning steps do not fit in the run's 8"),
     (["--max-fisher-gb", "0.01"], "over --max-fisher-gb 0.01; lower --block-size"),
     (["--low-rank"], "low_rank needs structured"),
+    (["--structured", "--target-macs", "0.5", "--sparsity", "0.5"], "exclude each other"),
+    (["--target-macs", "0.5"], "--target-macs needs --structured"),
+    (["--structured", "--target-macs", "1"], "--target-macs"),
+    (["--structured", "--target-macs", "0"], "--target-macs"),
+    (["--structured", "--target-macs", "nan"], "target_macs nan"),
+    (["--structured", "--max-group-share", "0.5"], "add --target-macs"),
+    (["--structured", "--target-macs", "0.5", "--max-group-share", "1.5"],
+     "--max-group-share"),
 ], ids=["sparsity-high", "sparsity-zero", "steps-one-shot", "gradual-one-step",
-        "steps-too-many", "fisher-too-big", "low-rank-unstructured"])
+        "steps-too-many", "fisher-too-big", "low-rank-unstructured", "macs-and-sparsity",
+        "macs-unstructured", "macs-one", "macs-zero", "macs-nan", "share-without-macs",
+        "share-high"])
 def test_bad_input_is_one_line_exit_2(extra, says, mlpnet, synthetic, tmp_path):
     result = _cli(["woodfisher", mlpnet, "--data", synthetic, *TINY, *extra,
                    "-o", tmp_path / "out"])
@@ -184,6 +218,6 @@ def test_onnxoto_train_woodfisher_help():
     for option in ("--sparsity", "--structured", "--gradual", "--steps", "--fisher-samples",
                    "--fisher-batch", "--block-size", "--damping", "--low-rank", "--joint",
                    "--max-fisher-gb", "--criterion", "--side", "--resume",
-                   "--overwrite", "--json", "--momentum"):
+                   "--overwrite", "--json", "--momentum", "--target-macs", "--max-group-share"):
         assert option in result.output, option
-    assert "one-shot" in result.output
+    assert "one-shot" in result.output and "[default: 0.75]" in result.output

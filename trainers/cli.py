@@ -102,6 +102,10 @@ def print_result(metrics: dict[str, Any], as_json: bool, out: Path) -> None:
                     f"{metrics['options']['sparsity']:.1%}), unstructured: zeros inside "
                     f"channels, so slim.onnx only loses channels whose weights all went to "
                     f"zero ({sparsity}); --structured removes whole channels")
+    elif metrics["options"].get("target_macs") is not None:
+        target, share = metrics["options"]["target_macs"], metrics["macs"]["slim_over_input"]
+        sparsity = (f"MACs {share:.1%} of the input's (target {target:.1%}"
+                    f"{'' if share <= target else ', not reached'}), {sparsity}")
     else:
         sparsity += f" (target {metrics['target_group_sparsity']:.1%}{reached})"
     click.echo(f"{sparsity}; wrote " + ", ".join(
@@ -173,9 +177,20 @@ WOODFISHER = WoodFisherOptions()
 @main.command("woodfisher")
 @run_options
 @click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=WOODFISHER.sparsity, show_default=True,
+              default=None,
               help="Share of the weights to prune (of rank >= 2: biases and norm scales stay); "
-                   "with --structured, share of the prunable channels (ZIGs).")
+                   "with --structured, share of the prunable channels (ZIGs) [default: 0.5, "
+                   "unless --target-macs].")
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None,
+              help="With --structured, instead of --sparsity: prune whole channels until "
+                   "slim.onnx has at most this share of the dense model's MACs (as shrink "
+                   "counts them), ranked by score per MAC saved; --gradual reaches it at its "
+                   "last pruning step.")
+@click.option("--max-group-share", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="With --target-macs: remove at most this share of any group's (layer's) "
+                   "channels, and always keep one; ranked per MAC alone, the costliest layer "
+                   "can be emptied [default: 0.75].")
 @click.option("--structured", is_flag=True,
               help="Prune whole channels by group OBS so slim.onnx is smaller; without it the "
                    "zeros are scattered and slim.onnx keeps (almost) every channel.")
@@ -224,6 +239,8 @@ def woodfisher_command(model: Path, out: Path, as_json: bool, debug: bool,
     Example:
       onnxoto train woodfisher mlp.onnx --data mnist --sparsity 0.9 --epochs 2 -o out/wf
       onnxoto train woodfisher mlp.onnx --data mnist --sparsity 0.5 --structured -o out/wfs
+      onnxoto train woodfisher net.onnx --structured --target-macs 0.4 --low-rank \\
+          --block-size 100000000 --joint -o out/wf40
       python -m trainers woodfisher mlp.onnx --data mnist --sparsity 0.9 --gradual \\
           --steps 4 --epochs 8 -o out/wfg
     """

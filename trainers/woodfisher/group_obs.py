@@ -30,6 +30,7 @@ import torch
 
 from onnxoto.errors import OnnxotoError
 from trainers.woodfisher.fisher import BlockFisher, LowRankInverse, inverse_times, solve_principal
+from trainers.woodfisher.macs import MacTarget
 from trainers.zig import ZigIndex
 
 __all__ = ["GROUP_CRITERIA", "GroupOBS", "prune_groups", "zig_axes"]
@@ -164,19 +165,20 @@ def _protected(zig: ZigIndex, scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prune_groups(zig: ZigIndex, sparsity: float, criterion: str = "woodfisher", *,
+def prune_groups(zig: ZigIndex, sparsity: float | MacTarget, criterion: str = "woodfisher", *,
                  fisher: BlockFisher | None = None, update: bool = True,
                  joint: bool = False) -> torch.Tensor:
     """Zero ``round(sparsity * K)`` ZIGs of ``zig`` in place (exact zeros) and return the pruned
-    BoolTensor[K]. ``woodfisher`` ranks by rho_Q and applies the group OBS update (unless
-    ``update`` is False; ``joint``: see ``GroupOBS.update``); ``magnitude`` ranks by
+    BoolTensor[K]; given a ``MacTarget`` instead, the ZIGs it chooses (per MAC saved, until the
+    slim model meets its budget). ``woodfisher`` ranks by rho_Q and applies the group OBS update
+    (unless ``update`` is False; ``joint``: see ``GroupOBS.update``); ``magnitude`` ranks by
     ||w_Q||^2. Already-zero ZIGs rank first, so a gradual schedule keeps its earlier choices;
     ZIGs with no element in ``zig`` (an index of other roles than producers may miss some) are
     never chosen."""
     if criterion not in GROUP_CRITERIA:
         raise OnnxotoError(f"group criterion {criterion!r}: choose from "
                            f"{', '.join(GROUP_CRITERIA)}")
-    if not 0.0 <= sparsity <= 1.0:
+    if not isinstance(sparsity, MacTarget) and not 0.0 <= sparsity <= 1.0:
         raise OnnxotoError(f"group sparsity must be in [0, 1], got {sparsity}")
     obs = None
     if criterion == "woodfisher":
@@ -189,10 +191,13 @@ def prune_groups(zig: ZigIndex, sparsity: float, criterion: str = "woodfisher", 
     scores[zig.zero_zigs().cpu()] = -1.0
     scores[_protected(zig, scores)] = float("inf")
     scores[zig.sizes.cpu() == 0] = float("inf")  # no element of this index: nothing to prune
-    count = min(round(sparsity * zig.num_groups), int(torch.isfinite(scores).sum()))
-    pruned = torch.zeros(zig.num_groups, dtype=torch.bool)
-    if count:
-        pruned[torch.topk(scores, count, largest=False).indices] = True
+    if isinstance(sparsity, MacTarget):
+        pruned = sparsity.choose(scores)
+    else:
+        count = min(round(sparsity * zig.num_groups), int(torch.isfinite(scores).sum()))
+        pruned = torch.zeros(zig.num_groups, dtype=torch.bool)
+        if count:
+            pruned[torch.topk(scores, count, largest=False).indices] = True
     params = zig.params()
     if obs is not None and update:
         for name, dw in obs.update(pruned, joint=joint).items():

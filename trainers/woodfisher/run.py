@@ -19,6 +19,9 @@ Unstructured pruning covers the weight matrices and kernels (parameters of rank 
 norm scales stay), one global threshold over all of them. ``structured`` prunes whole ZIGs of the
 partition by group OBS, the sparsity read as group sparsity; their exact zeros are what
 ``shrink --zeros`` removes, whereas unstructured zeros leave every channel that keeps a weight.
+``target_macs`` replaces the group sparsity by a budget on slim.onnx's MACs
+(``trainers.woodfisher.macs``): the schedule runs over the share of MACs removed, so a gradual run
+meets the budget at its last pruning step.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from onnxoto.errors import OnnxotoError
 from trainers.api import Job
 from trainers.train import Log, Setup, TrainOptions, run_training
 from trainers.woodfisher.fisher import Batch, FisherOptions, fisher_memory
+from trainers.woodfisher.macs import DEFAULT_GROUP_SHARE, MacCounter
 from trainers.woodfisher.schedule import CubicSchedule, GradualPruner
 from trainers.zig import ZigIndex, build_zig_index
 
@@ -58,7 +62,8 @@ _DHSPG_ONLY = ("target", "variant", "warmup_epochs", "period_steps", "reselect",
 # a run that agrees on all of them. Epochs always: the schedule spans every epoch's steps.
 _RUN_KEYS = ("data", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "limit_train",
              "seed", "epochs", "sparsity", "structured", "gradual", "steps", "fisher_samples",
-             "fisher_batch", "block_size", "damping", "low_rank", "joint", "criterion", "side")
+             "fisher_batch", "block_size", "damping", "low_rank", "joint", "criterion", "side",
+             "target_macs", "max_group_share")
 
 
 @dataclass
@@ -77,10 +82,15 @@ class WoodFisherOptions(TrainOptions):
     with it) or its producers (its own rows: their update cannot compensate the lost output,
     and small layers' channels score lowest; on the mnist MLP at 0.5 it kept 1 of 20 units of
     the second layer, 19.7 % one-shot vs 76.4 % consumer side). A Fisher needing more than
-    ``max_fisher_gb`` GiB is refused before any work."""
+    ``max_fisher_gb`` GiB is refused before any work. ``target_macs`` (structured, instead of
+    ``sparsity``) prunes until slim.onnx has at most that share of the dense MACs, channels
+    ranked by score per MAC saved and at most ``max_group_share`` (default 0.75) of any group's
+    channels removed; ``sparsity`` defaults to 0.5 without it."""
 
     method: ClassVar[str] = "woodfisher"
-    sparsity: float = 0.5
+    sparsity: float | None = None
+    target_macs: float | None = None
+    max_group_share: float | None = None
     structured: bool = False
     gradual: bool = False
     steps: int | None = None
@@ -99,14 +109,15 @@ class WoodFisherOptions(TrainOptions):
     def __post_init__(self) -> None:
         if self.steps is None:
             self.steps = GRADUAL_STEPS if self.gradual else 1
+        self._check_mac_target()
         numbers = {"sparsity": self.sparsity, "damping": self.damping,
                    "max_fisher_gb": self.max_fisher_gb}
         infinite = [f"{name} {value}" for name, value in numbers.items()
-                    if not math.isfinite(value)]
+                    if value is not None and not math.isfinite(value)]
         if infinite:
             raise OnnxotoError(f"options must be finite numbers: {', '.join(infinite)}")
         checks = {
-            "0 < sparsity < 1": 0 < self.sparsity < 1,
+            "0 < sparsity < 1": self.sparsity is None or 0 < self.sparsity < 1,
             "steps >= 2 with --gradual": not self.gradual or self.steps >= 2,
             "fisher_samples >= 1": self.fisher_samples >= 1,
             "fisher_batch >= 1": self.fisher_batch >= 1,
@@ -129,8 +140,34 @@ class WoodFisherOptions(TrainOptions):
         if not self.gradual and self.steps != 1:
             raise OnnxotoError(f"steps {self.steps} without gradual: one-shot prunes once; pass "
                                f"--gradual to prune over several steps")
-        self.target = self.sparsity if self.structured else 0.0
+        self.target = self.sparsity if self.structured and self.sparsity is not None else 0.0
         super().__post_init__()
+
+    def _check_mac_target(self) -> None:
+        """--target-macs: structured only, instead of --sparsity, a share in (0, 1); its cap
+        only with it. Fills the defaults of sparsity and the cap."""
+        if self.target_macs is None:
+            if self.max_group_share is not None:
+                raise OnnxotoError("max_group_share caps --target-macs' choice; add "
+                                   "--target-macs or drop --max-group-share")
+            self.sparsity = 0.5 if self.sparsity is None else self.sparsity
+            return
+        if self.sparsity is not None:
+            raise OnnxotoError("--sparsity and --target-macs exclude each other: give a share "
+                               "of the channels or a share of the dense MACs, not both")
+        if not self.structured:
+            raise OnnxotoError("--target-macs needs --structured: unstructured zeros leave the "
+                               "channels, so the MACs do not fall")
+        self.max_group_share = (DEFAULT_GROUP_SHARE if self.max_group_share is None
+                                else self.max_group_share)
+        shares = {"target_macs": self.target_macs, "max_group_share": self.max_group_share}
+        for name, value in shares.items():
+            if not math.isfinite(value):
+                raise OnnxotoError(f"options must be finite numbers: {name} {value}")
+        if not 0 < self.target_macs < 1 or not 0 < self.max_group_share <= 1:
+            raise OnnxotoError(f"options out of range: need 0 < target_macs < 1 (got "
+                               f"{self.target_macs:g}) and 0 < max_group_share <= 1 (got "
+                               f"{self.max_group_share:g})")
 
     def fingerprint(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in _RUN_KEYS}
@@ -216,7 +253,9 @@ class WoodFisher:
         return {"step": self._t, "num_zigs": self.zig.num_groups,
                 "group_sparsity": self.zig.zero_fraction(),
                 "weight_sparsity": self.pruner.weight_sparsity(),
-                "pruning_steps": self._pruning_steps, "pruning_seconds": self._fisher_seconds}
+                "pruning_steps": self._pruning_steps, "pruning_seconds": self._fisher_seconds,
+                **({} if self.pruner.macs is None
+                   else {"macs_fraction": self.pruner.macs_fraction()})}
 
     def state_dict(self) -> dict[str, Any]:
         """SGD's state, the masks and the step: all a resumed run needs besides the weights."""
@@ -268,15 +307,20 @@ def woodfisher_optimizer(job: Job, setup: Setup) -> tuple[WoodFisher, str]:
     job.zig = zig
     fisher = options.fisher_options()
     every = total // options.steps
-    schedule = CubicSchedule(0.0, options.sparsity, start=-every,
-                             end=(options.steps - 1) * every, every=every)
+    by_macs = options.target_macs is not None
+    final = 1 - options.target_macs if by_macs else options.sparsity
+    schedule = CubicSchedule(0.0, final, start=-every, end=(options.steps - 1) * every,
+                             every=every)
     unstructured, structured = CRITERIA[options.criterion]
     if options.structured:
         ranked, zero_also = zig, None
         if options.side == "consumer":
             ranked, zero_also = _consumers(job, zig), zig
+        counter = (MacCounter(job.parts, zig, max_group_share=options.max_group_share)
+                   if by_macs else None)
         pruner = GradualPruner.structured(ranked, schedule, structured, fisher,
-                                          joint=options.joint, zero_also=zero_also)
+                                          joint=options.joint, zero_also=zero_also,
+                                          macs=counter)
     else:
         weights = {n: p for n, p in job.params.items() if p.dim() >= 2}
         if not weights:
@@ -288,7 +332,13 @@ def woodfisher_optimizer(job: Job, setup: Setup) -> tuple[WoodFisher, str]:
             else f"in {options.steps} steps, every {every} training steps")
     if options.structured:
         kind += f", scored on their {options.side}s"
-    note = f"woodfisher: prune {options.sparsity:.1%} of the {kind} {when}"
+    if by_macs:
+        amount = (f"the {kind} until slim.onnx has <= {options.target_macs:.1%} of the dense "
+                  f"{counter.dense:,} MACs (ranked per MAC saved, at most "
+                  f"{options.max_group_share:.0%} of any group's channels)")
+    else:
+        amount = f"{options.sparsity:.1%} of the {kind}"
+    note = f"woodfisher: prune {amount} {when}"
     if options.criterion != "woodfisher":
         note += f" by {options.criterion} (no Fisher)"
     else:

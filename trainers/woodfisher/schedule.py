@@ -1,7 +1,8 @@
 """Gradual pruning: the cubic sparsity schedule of Zhu & Gupta that WoodFisher's gradual runs
 use, and a pruner that re-estimates the Fisher at every pruning step and holds the masks in
 between (pruned weights would otherwise grow back under the optimizer), of single weights or
-(``GradualPruner.structured``) of whole zero-invariant groups.
+(``GradualPruner.structured``) of whole zero-invariant groups, to a group sparsity or to a MAC
+budget (the schedule then runs over the share of MACs removed: 1 - the slim model's share).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from onnxoto.errors import OnnxotoError
 from trainers.woodfisher.fisher import Batch, BlockFisher, FisherOptions, LossFn
 from trainers.woodfisher.group_obs import GROUP_CRITERIA, prune_groups, zig_axes
+from trainers.woodfisher.macs import MacCounter, MacTarget
 from trainers.woodfisher.obs import apply_masks, prune_unstructured
 from trainers.zig import ZigIndex
 
@@ -71,18 +73,21 @@ class GradualPruner:
         self.keep: dict[str, torch.Tensor] | None = None
         self.zig: ZigIndex | None = None
         self.zero_also: ZigIndex | None = None
+        self.macs: MacCounter | None = None
         self.pruned: torch.Tensor | None = None
 
     @classmethod
     def structured(cls, zig: ZigIndex, schedule: CubicSchedule, criterion: str = "woodfisher",
                    fisher: FisherOptions | None = None, *, joint: bool = False,
-                   zero_also: ZigIndex | None = None) -> GradualPruner:
+                   zero_also: ZigIndex | None = None,
+                   macs: MacCounter | None = None) -> GradualPruner:
         """Whole ZIGs of ``zig`` (``prune_groups``: group OBS or group magnitude), the schedule's
         sparsity read as group sparsity; the Fisher covers the ZIG parameters, laid out with
         ``zig_axes``. Pruned ZIGs rank first at the next step, so earlier choices stay.
         ``zero_also`` is another index of the same ZIGs (other roles) whose pruned ZIGs are
         zeroed and held too: ranking and updating on the consumers, the producers must go to
-        zero for shrink to remove the channel."""
+        zero for shrink to remove the channel. With ``macs`` the schedule's value is the share
+        of the dense MACs to remove: each step prunes to a ``MacTarget`` of 1 - that share."""
         if criterion not in GROUP_CRITERIA:
             raise OnnxotoError(f"group criterion {criterion!r}: choose from "
                                f"{', '.join(GROUP_CRITERIA)}")
@@ -90,6 +95,7 @@ class GradualPruner:
                      joint=joint)
         pruner.zig = zig
         pruner.zero_also = zero_also
+        pruner.macs = macs
         return pruner
 
     def step(self, step: int, model: torch.nn.Module,
@@ -105,7 +111,8 @@ class GradualPruner:
                                           self.fisher_options, axes)
         sparsity = self.schedule.sparsity(step)
         if self.zig is not None:
-            self.pruned = prune_groups(self.zig, sparsity, self.criterion, fisher=fisher,
+            target = sparsity if self.macs is None else MacTarget(self.macs, 1 - sparsity)
+            self.pruned = prune_groups(self.zig, target, self.criterion, fisher=fisher,
                                        joint=self.joint)
             self.hold()
         else:
@@ -127,6 +134,14 @@ class GradualPruner:
         total = sum(p.numel() for p in self.params.values())
         zeros = sum(int((p == 0).sum()) for p in self.params.values())
         return zeros / total if total else 0.0
+
+    def macs_fraction(self) -> float | None:
+        """The slim model's share of the dense MACs as pruned so far (None without ``macs``)."""
+        if self.macs is None:
+            return None
+        pruned = self.pruned if self.pruned is not None else torch.zeros(self.zig.num_groups,
+                                                                          dtype=torch.bool)
+        return self.macs.slim_macs(pruned) / self.macs.dense
 
     def state_dict(self) -> dict[str, object]:
         """The masks held so far (empty before the first pruning step)."""
