@@ -10,11 +10,16 @@ Methods, all on the same ZIGs (``onnxoto.partition`` groups) and the same traine
   blocks hold all of a layer's input columns, so the update moves the surviving channels' weights
   to stand in for the removed ones; the producers of the removed ZIGs are then zeroed (exactly
   the same network function, since their outputs are no longer read) so that shrink removes them.
-Targets are group sparsities (share of ZIGs); the MACs they give differ by method, so the table
-and plot compare accuracy at the MACs each reaches.
+Targets are MAC levels (share of the dense MACs), reached as ``--target-macs`` does
+(``trainers.woodfisher.macs``): channels ranked by score per MAC saved, the fewest whose slim
+model is at or below the level, at most ``--max-group-share`` of any layer removed, so every
+method is compared at the same cost. (Ranked by the score alone at a group sparsity, the narrow
+20-unit layer went first for group magnitude and producer-side group OBS and left a 1-2 unit
+bottleneck.)
 
-    python benchmarks/woodfisher_structured.py [--seeds 0 1 2] [--targets 0.3 0.5 0.7 0.8]
+    python benchmarks/woodfisher_structured.py [--seeds 0 1 2] [--levels 0.8 0.6 0.4 0.25]
         [--epochs 3] [--grads 2000x10] [--block-size 1000] [--damping 1e-5]
+        [--max-group-share 0.75]
 """
 
 from __future__ import annotations
@@ -42,7 +47,14 @@ from onnxoto.partition import partition  # noqa: E402
 from onnxoto.shrink import shrink  # noqa: E402
 from trainers.binding import OnnxModule, write_back  # noqa: E402
 from trainers.data import load_dataset  # noqa: E402
-from trainers.woodfisher import BlockFisher, FisherOptions, prune_groups, zig_axes  # noqa: E402
+from trainers.woodfisher import (  # noqa: E402
+    BlockFisher,
+    FisherOptions,
+    MacCounter,
+    MacTarget,
+    prune_groups,
+    zig_axes,
+)
 from trainers.zig import build_zig_index  # noqa: E402
 
 STEM = "woodfisher_structured"
@@ -87,13 +99,14 @@ def estimate_fisher(module: OnnxModule, groups: list, method: str, data: dict, s
                                 options, zig_axes(zig))
 
 
-def prune(module: OnnxModule, groups: list, method: str, target: float,
-          fisher: BlockFisher | None) -> None:
-    producers = build_zig_index(groups, module.onnx_parameters())
+def prune(module: OnnxModule, parts, method: str, level: float, fisher: BlockFisher | None,
+          share: float) -> None:
+    producers = build_zig_index(parts.groups, module.onnx_parameters())
+    target = MacTarget(MacCounter(parts, producers, max_group_share=share), level)
     if method == "group_magnitude":
         prune_groups(producers, target, "magnitude")
         return
-    pruned = prune_groups(_index(module, groups, method), target, fisher=fisher)
+    pruned = prune_groups(_index(module, parts.groups, method), target, fisher=fisher)
     producers.zero_(module.onnx_parameters(), pruned)
 
 
@@ -101,7 +114,8 @@ def run_seed(folder: Path, data: dict, seed: int, args: argparse.Namespace) -> d
     start = time.perf_counter()
     path = export_onnx(build("mlpnet", seed), ZOO["mlpnet"].input_shape,
                        folder / f"mlpnet_{seed}.onnx")
-    groups = partition(str(path)).groups
+    parts = partition(str(path))
+    groups = parts.groups
     module = OnnxModule(path)
     torch.manual_seed(seed)
     train(module, data, seed, args.epochs)
@@ -116,22 +130,23 @@ def run_seed(folder: Path, data: dict, seed: int, args: argparse.Namespace) -> d
         fisher = (None if method == "group_magnitude"
                   else estimate_fisher(module, groups, method, data, seed, options))
         row[f"{method}_fisher_s"] = time.perf_counter() - begin
-        for target in args.targets:
+        for target in args.levels:
             pruned = copy.deepcopy(module)
             begin = time.perf_counter()
-            prune(pruned, groups, method, target, fisher)
+            prune(pruned, parts, method, target, fisher, args.max_group_share)
             seconds = time.perf_counter() - begin
             trained = write_back(pruned, onnx.load(str(path)))
             result = shrink(trained, masks_from_zeros(trained, groups))
             if not result.comparison:
                 raise SystemExit(f"{method} at {target}: slim differs from the pruned model")
+            zeros = build_zig_index(groups, pruned.onnx_parameters()).zero_fraction()
             row["runs"][method][str(target)] = {
-                "accuracy": accuracy(pruned, *data["test"]),
+                "accuracy": accuracy(pruned, *data["test"]), "group_sparsity": zeros,
                 "macs_pct": 100.0 * measure(result.model).macs / dense_macs,
                 "widths": [int(k.sum()) for k in result.masks.values()], "prune_s": seconds}
     print(f"seed {seed}: dense {row['dense']:.2f} %, " + ", ".join(
-        f"{m} {row['runs'][m][str(args.targets[-1])]['accuracy']:.2f}" for m in METHODS)
-        + f" at {args.targets[-1]}", flush=True)
+        f"{m} {row['runs'][m][str(args.levels[-1])]['accuracy']:.2f}" for m in METHODS)
+        + f" at {args.levels[-1]} of the MACs", flush=True)
     return row
 
 
@@ -143,19 +158,22 @@ def _mean_sd(values: list[float]) -> str:
 def render(results: dict) -> str:
     seeds = results["seeds"]
     rows = []
-    for target in results["targets"]:
+    for level in results["levels"]:
         for method in METHODS:
-            runs = [s["runs"][method][str(target)] for s in seeds]
-            rows.append([target, method, _mean_sd([r["macs_pct"] for r in runs]),
+            runs = [s["runs"][method][str(level)] for s in seeds]
+            rows.append([f"{100 * level:.0f}", method, _mean_sd([r["macs_pct"] for r in runs]),
+                         _mean_sd([r["group_sparsity"] for r in runs]),
                          _mean_sd([r["accuracy"] for r in runs])])
     dense = _mean_sd([s["dense"] for s in seeds])
     return (f"MLPNet (zoo, with biases) on Fashion-MNIST, {results['epochs']} epochs, one-shot "
             f"structured pruning, no fine-tuning; dense {dense} %; mean ± SD over seeds "
             f"{[s['seed'] for s in seeds]}; group OBS with {results['grads']} gradients, "
-            f"blocks of {results['block_size']}, damping {results['damping']:g}. Every slim "
-            f"model validated against the pruned one.\n\n"
-            + markdown_table(["group sparsity", "method", "MACs % of dense", "test accuracy %"],
-                             rows))
+            f"blocks of {results['block_size']}, damping {results['damping']:g}. Channels "
+            f"ranked by score per MAC saved down to each MAC level, at most "
+            f"{results['max_group_share']:g} of any layer. Every slim model validated against "
+            f"the pruned one.\n\n"
+            + markdown_table(["MAC level %", "method", "MACs % of dense", "group sparsity",
+                              "test accuracy %"], rows))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -169,13 +187,13 @@ def plot(results: dict, path: Path) -> None:
         points = [(statistics.fmean(s["runs"][method][str(t)]["macs_pct"]
                                     for s in results["seeds"]),
                    statistics.fmean(s["runs"][method][str(t)]["accuracy"]
-                                    for s in results["seeds"])) for t in results["targets"]]
+                                    for s in results["seeds"])) for t in results["levels"]]
         ax.plot(*zip(*sorted(points), strict=True), marker="o", label=method)
     ax.axhline(statistics.fmean(s["dense"] for s in results["seeds"]), color="gray",
                linestyle=":", label="dense")
     ax.set_xlabel("MACs (% of dense)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MLPNet on Fashion-MNIST, one-shot structured")
+    ax.set_title("MLPNet on Fashion-MNIST, one-shot structured at matched MACs")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -185,7 +203,9 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7, 0.8])
+    parser.add_argument("--levels", nargs="+", type=float, default=[0.8, 0.6, 0.4, 0.25],
+                        help="MAC levels (share of the dense MACs)")
+    parser.add_argument("--max-group-share", type=float, default=0.75)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--grads", default="2000x10")
     parser.add_argument("--block-size", type=int, default=1000)
@@ -200,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             for split in ("train", "test")}
     with tempfile.TemporaryDirectory() as folder:
         seeds = [run_seed(Path(folder), data, seed, args) for seed in args.seeds]
-    results = {"targets": args.targets, "epochs": args.epochs, "grads": list(args.grads),
+    results = {"levels": args.levels, "max_group_share": args.max_group_share,
+               "epochs": args.epochs, "grads": list(args.grads),
                "block_size": args.block_size, "damping": args.damping, "seeds": seeds}
     markdown = render(results)
     write_results(args.results_name, results, markdown)
