@@ -63,7 +63,8 @@ def _quiet():
         onnx_logger.setLevel(level)
 
 
-def _export_legacy(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int) -> onnx.ModelProto:
+def _export_legacy(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int,
+                   dynamic_batch: bool = False) -> onnx.ModelProto:
     with _quiet():
         torch.onnx.export(
             model,
@@ -75,6 +76,7 @@ def _export_legacy(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int) -> 
             input_names=["input"],
             output_names=["output"],
             opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}} if dynamic_batch else None,
         )
     proto = onnx.load(str(tmp))
     _drop_initializer_inputs(proto)
@@ -82,14 +84,16 @@ def _export_legacy(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int) -> 
 
 
 def _export_dynamo(
-    model: nn.Module, x: torch.Tensor, tmp: Path, opset: int | None
+    model: nn.Module, x: torch.Tensor, tmp: Path, opset: int | None, dynamic_batch: bool = False
 ) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1, max=1024) if dynamic_batch else None
     with _quiet():
         program = torch.onnx.export(
             model,
             (x,),
             dynamo=True,
             opset_version=opset,
+            dynamic_shapes=({0: batch},) if dynamic_batch else None,
             input_names=["input"],
             output_names=["output"],
             external_data=False,
@@ -108,13 +112,15 @@ def export_onnx(
     dynamo: bool = False,
     opset: int | None = None,
     seed: int = 0,
+    dynamic_batch: bool = False,
 ) -> Path:
     """Export ``model`` (put in eval mode) for a seeded input of ``input_shape`` to ``path``.
 
     Legacy (default): opset 17 unless ``opset`` is given, no constant folding, initializers named
     as in the state_dict, graph input ``input`` only. Dynamo: opset chosen by torch unless given;
-    BatchNorm may be folded and names differ. The file is self-contained (weights inline) and
-    written atomically (temp file in the same folder, then rename). Returns the path.
+    BatchNorm may be folded and names differ. ``dynamic_batch`` makes the input's first dim
+    symbolic ("batch"), as deployment exports usually do. The file is self-contained (weights
+    inline) and written atomically (temp file in the same folder, then rename). Returns the path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,9 +130,9 @@ def export_onnx(
         tmp = Path(work) / "model.onnx"
         with torch.no_grad():
             if dynamo:
-                proto = _export_dynamo(model, x, tmp, opset)
+                proto = _export_dynamo(model, x, tmp, opset, dynamic_batch)
             else:
-                proto = _export_legacy(model, x, tmp, opset or LEGACY_OPSET)
+                proto = _export_legacy(model, x, tmp, opset or LEGACY_OPSET, dynamic_batch)
         final_tmp = Path(work) / "final.onnx"
         onnx.save_model(proto, str(final_tmp), save_as_external_data=False)
         os.replace(final_tmp, path)

@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxoto.errors import OnnxotoError
-from onnxoto.graph import has_subgraph, infer_shapes, reads
+from onnxoto.graph import has_subgraph, infer_shapes, light_copy, reads, shape_map
 
 # Folded tensors over this many bytes stay computed (a Tile to a huge shape is not a weight).
 FOLD_LIMIT_BYTES = 1 << 24
@@ -63,9 +63,10 @@ class Scan:
 
     foldable: tuple[int, ...]
     shared: tuple[str, ...]
+    batch_reshapes: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.foldable or self.shared)
+        return bool(self.foldable or self.shared or self.batch_reshapes)
 
 
 def refuse_quantized(model: onnx.ModelProto, where: str) -> None:
@@ -98,7 +99,10 @@ def scan(model: onnx.ModelProto) -> Scan:
                 foldable.append(index)
     shared = tuple(name for name, t in initializers.items()
                    if readers[name] > 1 and _splittable(t))
-    return Scan(tuple(foldable), shared)
+    batch_reshapes = _batch_only(graph) and any(
+        node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] not in known
+        for node in graph.node)
+    return Scan(tuple(foldable), shared, batch_reshapes)
 
 
 def canonicalize(model: onnx.ModelProto, *, where: str = "model",
@@ -122,6 +126,8 @@ def canonicalize(model: onnx.ModelProto, *, where: str = "model",
         model = copy
     if found.foldable:
         fold(model, found.foldable, where=where)
+    if found.batch_reshapes:
+        fix_batch_reshapes(model)
     split_shared(model)
     return model
 
@@ -268,6 +274,183 @@ def _splice(graph: onnx.GraphProto, candidates: set[int], values: dict[str, np.n
     stale = [i for i, v in enumerate(graph.input) if v.name in gone]  # weights listed as inputs
     for index in reversed(stale):
         del graph.input[index]
+
+
+def fix_batch_reshapes(model: onnx.ModelProto) -> None:
+    """Give each Reshape whose target is computed from a dynamic batch a constant target, in
+    place: the output shape it has at batch 1, with -1 where it differs at batch 2.
+
+    Exporters build ``x.view(x.size(0), R, C // R, ...)`` from Shape(x) when the batch is
+    dynamic; rules cannot tell which computed entry carries the channel count, so the
+    channels were barred, while the same export with a static batch has a constant target
+    that shrink rewrites. The constant is exact for every batch: the other dims do not depend
+    on it, and the moving one is 0 (the input's own dim, where it is that) or -1 (what is
+    left). Targets with more than one batch-dependent dim, or whose
+    shapes stay unknown, are left as they are (their groups stay barred, which is safe).
+    """
+    graph = model.graph
+    known = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    computed = [node for node in graph.node if node.op_type == "Reshape"
+                and len(node.input) > 1 and node.input[1] not in known]
+    at_one, at_two = static_shapes(model, batch=1), static_shapes(model, batch=2)
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    for node in computed:
+        one, two = at_one.get(node.output[0]), at_two.get(node.output[0])
+        if not _static_dims(one) or not _static_dims(two) or len(one) != len(two):
+            continue
+        moving = [axis for axis, (a, b) in enumerate(zip(one, two, strict=True)) if a != b]
+        if len(moving) > 1:
+            continue
+        target = np.array(one, dtype=np.int64)
+        target[moving] = -1
+        if moving and _copies_input_dim(node, moving[0], at_one, at_two):
+            target[moving] = 0  # the input's own dim: inference keeps its symbol (batch)
+        name = _fresh(f"{node.output[0]}.target", taken)
+        graph.initializer.append(numpy_helper.from_array(target, name))
+        node.input[1] = name
+    _transpose_without_batch_merge(graph, (at_one, at_two))
+    _splice(graph, set(range(len(graph.node))), {})
+
+
+def _transpose_without_batch_merge(graph: onnx.GraphProto, sizes: tuple[dict, dict]) -> None:
+    """Reshape (merge the leading dims) -> Transpose (axis 0 stays) -> Reshape (split them back)
+    becomes one Transpose of the unmerged tensor, in place.
+
+    The dynamo exporter's attention transposes K this way (B*heads, N, d); with a dynamic batch
+    the merged axis mixes the batch into the heads, which no rule can slice, while the single
+    Transpose keeps the heads an axis of their own. Exact: the merged axis is never split
+    differently than it was merged.
+    """
+    readers = Counter(name for node in graph.node for name in reads(node))
+    readers.update(o.name for o in graph.output)  # a graph output is read by the caller
+    producer = {out: node for node in graph.node for out in node.output}
+    reader = {name: node for node in graph.node for name in node.input if readers[name] == 1}
+    gone = []
+    for transpose in graph.node:
+        if transpose.op_type != "Transpose":
+            continue
+        merge, split = producer.get(transpose.input[0]), reader.get(transpose.output[0])
+        if merge is None or split is None or merge.op_type != "Reshape" or \
+                split.op_type != "Reshape" or readers[merge.output[0]] != 1:
+            continue
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        lead = _merged_lead(merge, transpose, split, perm, sizes)
+        if lead is None:
+            continue
+        new_perm = list(range(lead)) + [p + lead - 1 for p in perm[1:]]
+        transpose.input[0] = merge.input[0]
+        del transpose.attribute[:]
+        transpose.attribute.append(helper.make_attribute("perm", new_perm))
+        transpose.output[0] = split.output[0]
+        gone.append(split)
+    for node in gone:
+        graph.node.remove(node)
+
+
+def _merged_lead(merge: onnx.NodeProto, transpose: onnx.NodeProto, split: onnx.NodeProto,
+                 perm: list[int] | None, sizes: tuple[dict, dict]) -> int | None:
+    """How many leading dims ``merge`` folds into axis 0 when ``split`` restores exactly them
+    around a ``transpose`` that keeps axis 0, at both batch sizes; None otherwise."""
+    if perm is None or not perm or perm[0] != 0:
+        return None
+    found = set()
+    for shapes in sizes:
+        x, merged = shapes.get(merge.input[0]), shapes.get(merge.output[0])
+        moved, out = shapes.get(transpose.output[0]), shapes.get(split.output[0])
+        if not all(_static_dims(s) for s in (x, merged, moved, out)):
+            return None
+        lead = len(x) - len(merged) + 1
+        if lead < 2 or math.prod(x[:lead]) != merged[0] or tuple(x[lead:]) != tuple(merged[1:]) \
+                or tuple(out) != tuple(x[:lead]) + tuple(moved[1:]):
+            return None
+        found.add(lead)
+    return found.pop() if len(found) == 1 else None
+
+
+def _copies_input_dim(node: onnx.NodeProto, axis: int, at_one: dict, at_two: dict) -> bool:
+    """Is output dim ``axis`` the input's dim ``axis`` at both batch sizes, so a 0 entry (copy
+    the input's dim, unless allowzero) gives it? Rules then see the same symbol on both sides."""
+    if any(a.name == "allowzero" and a.i for a in node.attribute):
+        return False
+    ins = at_one.get(node.input[0]), at_two.get(node.input[0])
+    outs = at_one.get(node.output[0]), at_two.get(node.output[0])
+    return all(i is not None and axis < len(i) and i[axis] == o[axis]
+               for i, o in zip(ins, outs, strict=True))
+
+
+def static_shapes(model: onnx.ModelProto, *, batch: int = 1) -> dict[str, tuple]:
+    """Name -> shape of every tensor with a dynamic batch set to ``batch`` (see _set_batch),
+    the shape computations built from it folded at that size.
+
+    ONNX shape inference propagates Shape -> Gather -> Concat values but stops at Div or Cast,
+    so a batch folded into another axis (patches, heads) would stay unknown. Here each Shape of
+    a tensor whose shape is known becomes a Constant and the constant part is folded (on the
+    weightless copy), until no Shape changes. Unknown dims are None.
+    """
+    light = light_copy(model)
+    _set_batch(light.graph, batch)
+    shapes = shape_map(light)
+    for _ in range(8):  # each round reaches one more Shape -> ... -> Reshape step
+        if not _shapes_to_constants(light.graph, shapes):
+            break
+        found = scan(light)
+        if found.foldable:
+            fold(light, found.foldable)
+        shapes = shape_map(light)
+    return shapes
+
+
+def _shapes_to_constants(graph: onnx.GraphProto, shapes: dict[str, tuple]) -> bool:
+    changed = False
+    for index, node in enumerate(graph.node):
+        dims = shapes.get(node.input[0]) if node.op_type == "Shape" else None
+        if _static_dims(dims, allow_zero=True):
+            bounds = {a.name: a.i for a in node.attribute}
+            value = np.array(dims, dtype=np.int64)[bounds.get("start", 0):
+                                                   bounds.get("end", len(dims))]
+            graph.node[index].CopyFrom(helper.make_node(
+                "Constant", [], list(node.output), name=node.name,
+                value=numpy_helper.from_array(value)))
+            changed = True
+    return changed
+
+
+def _static_dims(dims: tuple | None, *, allow_zero: bool = False) -> bool:
+    return dims is not None and all(isinstance(d, int) and (d > 0 or allow_zero and d == 0)
+                                    for d in dims)
+
+
+def _batch_only(graph: onnx.GraphProto) -> bool:
+    """Some input has a dynamic batch (see _set_batch), and no other input dim is dynamic."""
+    weights = {t.name for t in graph.initializer}
+    batch = False
+    for info in graph.input:
+        dims = info.type.tensor_type.shape.dim
+        if info.name in weights:
+            continue
+        for axis, dim in enumerate(dims):
+            if not (dim.HasField("dim_value") and dim.dim_value > 0):
+                if axis > 0 or len(dims) < 2:
+                    return False
+                batch = True
+    return batch
+
+
+def _set_batch(graph: onnx.GraphProto, value: int) -> None:
+    """A dynamic batch (the first dim of an input of rank 2 or more) becomes ``value``; other
+    dynamic dims stay symbolic (a 1-D input's length is not a batch). Declared intermediate
+    and output shapes (which name the symbols) are forgotten so inference starts afresh."""
+    weights = {t.name for t in graph.initializer}
+    for info in graph.input:
+        dims = info.type.tensor_type.shape.dim
+        if info.name in weights or len(dims) < 2:
+            continue
+        if not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            dims[0].dim_value = value
+    for info in graph.output:
+        info.type.tensor_type.ClearField("shape")
+    del graph.value_info[:]
 
 
 def split_shared(model: onnx.ModelProto) -> None:

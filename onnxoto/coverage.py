@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onnxoto.canonical import static_shapes
 from onnxoto.metrics import MAC_RULES, live_nodes
 
 if TYPE_CHECKING:
@@ -40,11 +41,16 @@ def coverage_summary(result: Partition, reasons: Sequence[Sequence[str]],
 def macs_ceiling(result: Partition) -> tuple[int, int]:
     """(MACs of the model, MACs removed if every prunable group kept one channel).
 
-    Nodes whose shapes are unknown are left out of both numbers; dynamic dims count as 1.
+    Nodes whose shapes are unknown are left out of both numbers. A dynamic batch counts as 1,
+    also where it is folded into another axis (canonical.static_shapes; only then is a second
+    shape inference run).
     """
     view = result.view
     keep = result.slot_keep({g.id: _one_channel(g.size) for g in result.prunable})
-    before = {name: _static(shape) for name, shape in view.shapes.items()}
+    if all(_static(shape) == shape for shape in view.shapes.values()):
+        before = dict(view.shapes)
+    else:
+        before = {name: _static(shape) for name, shape in static_shapes(view.model).items()}
     after = dict(before)
     for tensor, space in result.spaces.items():
         shape = after.get(tensor)

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 
 from onnxoto import runtime
-from onnxoto.canonical import folded
+from onnxoto.canonical import folded, static_shapes
 from onnxoto.errors import OnnxotoError
 from onnxoto.files import model_files
-from onnxoto.graph import ModelLike, load_model, reads, shape_map
+from onnxoto.graph import ModelLike, load_model, reads
 
 # Dims as inferred: an int for a static dim, None for a dynamic one; the shape is None if unknown.
 Shape = tuple[int | None, ...]
@@ -83,9 +83,10 @@ class ModelMetrics:
 def measure(model: ModelLike) -> ModelMetrics:
     """Params, bytes, MACs and op counts of the part of the graph the outputs depend on.
 
-    MACs come from shapes inferred with ``onnx.shape_inference`` (data propagation on). Dynamic
-    dims are counted as 1, so a model with a symbolic batch reports MACs per sample. Nodes whose
-    needed shapes stay unknown are skipped and named in ``unknown_macs_nodes``.
+    MACs come from shapes inferred with a dynamic batch at 1 and the shape computations built
+    from it folded (canonical.static_shapes), so a model with a symbolic batch reports MACs per
+    sample, also where the batch is folded into another axis; other dynamic dims count as 1.
+    Nodes whose needed shapes stay unknown are skipped and named in ``unknown_macs_nodes``.
     ``file_bytes`` is the size on disk including external data for a path, else the serialized
     size of the proto.
     """
@@ -94,7 +95,7 @@ def measure(model: ModelLike) -> ModelMetrics:
     proto = folded(load_model(model), in_place=on_disk)
     nodes = live_nodes(proto)
     params, param_bits = _count_params(proto, nodes)
-    cost = _compute_cost(nodes, shape_map(proto))
+    cost = _compute_cost(nodes, static_shapes(proto))
     return ModelMetrics(
         params=params,
         param_bytes=(param_bits + 7) // 8,
