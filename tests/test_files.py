@@ -91,6 +91,33 @@ def test_model_files_lists_external_data(tmp_path):
     assert model_files(tmp_path / "missing.onnx") == [tmp_path / "missing.onnx"]
 
 
+def test_external_locations_parses_only_files_that_can_have_any(tmp_path, monkeypatch):
+    """No parse for a file whose bytes never spell "location"; one parse per file version (a
+    rewrite is seen), and the answer is right across a chunk boundary."""
+    import onnxoto.files as files
+
+    parsed: list[str] = []
+    load = onnx.load
+
+    def counting(path, *args, **kwargs):
+        parsed.append(str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counting)
+    inline, paired = tmp_path / "inline.onnx", tmp_path / "paired.onnx"
+    save_model(tiny_model(), inline)
+    written = save_model(tiny_model(), paired, external=True)
+    parsed.clear()  # the write itself asked about the pair it replaced
+    assert external_locations(inline) == [] and parsed == []
+    first = external_locations(paired)
+    assert first == [written.files[1].name] == external_locations(paired)
+    assert len(parsed) <= 1  # parsed once at most (the write's own question may be cached)
+    rewritten = save_model(tiny_model(32), paired, external=True)
+    assert external_locations(paired) == [rewritten.files[1].name] != first
+    assert files._mentions_location(paired, chunk=3)  # the word split over chunks
+    assert not files._mentions_location(inline, chunk=3)
+
+
 # --- can the output be written -----------------------------------------------------------------
 
 def test_output_that_is_a_folder(tmp_path):
