@@ -335,20 +335,24 @@ def validate_command(full: Path, slim: Path, mask_path: Path | None, samples: in
     from onnxoto.groups import load_masks
     from onnxoto.masking import Zeroing
     from onnxoto.partition import partition
-    from onnxoto.runtime import WithTensors
+    from onnxoto.runtime import HandedOver, WithTensors
     from onnxoto.validate import CompareOptions, compare
 
     options = CompareOptions(samples=samples, seed=seed, rtol=rtol, atol=atol, check=check,
                              provider=provider, dynamic_dim=dynamic_dim,
                              shapes=input_shapes or None, data=data_path)
     candidate = load_model(slim)
-    if mask_path is not None:  # zeroed as onnxruntime reads it: no zeroed copy of the model
+    # The reference is written out as onnxruntime reads it (zeroed there, with --mask) and the
+    # loaded model goes before a session maps it: its bytes are held once, not twice.
+    if mask_path is not None:
         result = partition(full)
         masks = load_masks(mask_path, result.groups, model_sha256=result.model_info["sha256"])
-        reference = WithTensors(result.model, Zeroing(result.groups, masks))
+        reference = HandedOver(WithTensors(result.model, Zeroing(result.groups, masks)))
+        del result
     else:
-        reference = load_model(full)
-    comparison = compare(reference, candidate, options)
+        reference = HandedOver(load_model(full))
+    with reference:
+        comparison = compare(reference, candidate, options)
     if as_json:
         _echo_json(comparison.to_dict())
     else:
