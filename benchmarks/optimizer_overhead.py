@@ -16,7 +16,10 @@ exactly zero and form the redundant set, as in a DemoNet run after its first epo
 of a run's steps; between choices DHSPG then takes the plain step with those rows held at 0.
 
     python benchmarks/optimizer_overhead.py [--steps 20] [--size 64] [--batch 8 32]
-        [--phases pushing zeroed] [--compile auto|on|off]
+        [--phases pushing zeroed] [--compile auto|on|off] [--threads N]
+
+The compile choice is printed before the first step (the line ``onnxoto train`` logs) and
+stands in the table's caption.
 """
 
 from __future__ import annotations
@@ -113,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=["pushing", "zeroed"])
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="time the compiled setting too: auto as onnxoto train decides")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own count)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(build("resnet50"), ZOO["resnet50"].input_shape, Path(tmp) / "r50.onnx")
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     compiled, compile_note = compile_decision(
         sum(p.numel() for p in model.parameters()),
         requested=None if args.compile == "auto" else args.compile == "on")
+    print(f"--compile {args.compile}: {compile_note}", flush=True)
     settings = {**SETTINGS, **(COMPILED if compiled else {})}
     first_ms: dict[str, float] = {}
     rows, zigs = [], 0

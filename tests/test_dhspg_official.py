@@ -210,10 +210,13 @@ def test_compile_decision():
 # --------------------------------------------------------------------------- bench-demonet driver
 
 
-def _fake_metrics(top1: float, macs: float, params: float) -> dict:
+def _fake_metrics(top1: float, macs: float, params: float, wall: float = 10.0) -> dict:
     return {"accuracy": {"slim": top1}, "macs": {"slim_over_input": macs},
             "params": {"slim_over_input": params}, "group_sparsity": 0.6, "wall_seconds": 9.0,
-            "driver_wall_s": 10.0}
+            "train_seconds": 8.0, "driver_wall_s": wall, "target_reached": True,
+            "slim_continuation": {"switch_epoch": 3 if macs < 1 else None,
+                                  "epoch_seconds": {"full": 2.0, "slim": 0.5}},
+            "history": [{"epoch": 1, "test_accuracy": top1, "group_sparsity": 0.6}]}
 
 
 def test_demonet_official_payload(tmp_path, monkeypatch):
@@ -232,6 +235,25 @@ def test_demonet_official_payload(tmp_path, monkeypatch):
                                      "wall_s": {"baseline": 10.0, "dhspg": 10.0}}
     assert payload["mean_drop"] == 2.0 and payload["sd_drop"] == pytest.approx(1.414, abs=1e-3)
     assert "mean drop 2.0" in bench._markdown(payload)
+
+
+def test_demonet_ab_payload_has_wall_ratio_to_baseline(tmp_path, monkeypatch):
+    """--ab: each rule set's wall time over the baseline's, and whether official DHSPG meets
+    the issue's 1.3x; the table says so."""
+    import benchmarks.demonet_official as bench
+
+    walls = {"seed0_baseline": 100.0, "seed0_official": 90.0, "seed0_old": 140.0}
+    monkeypatch.setattr(bench, "_export", lambda folder, seed: tmp_path / f"m{seed}.onnx")
+    monkeypatch.setattr(bench, "_run", lambda model, args, seed, target, out, rules:
+                        _fake_metrics(0.8, 0.24 if target else 1.0, 0.2, walls[out.name]))
+    args = bench._parser().parse_args(["--ab", "--seeds", "0", "--out", str(tmp_path)])
+    payload = bench.ab(args)
+    assert payload["runs"]["official"]["wall_ratio"] == 0.9
+    assert payload["runs"]["old"]["wall_ratio"] == 1.4
+    assert payload["wall_goal_met"] is True and payload["official_wall_ratio"] == 0.9
+    assert payload["runs"]["official"]["slim_from_epoch"] == 3
+    assert payload["baseline"]["slim_from_epoch"] is None
+    assert "0.9 (meets the goal <= 1.3x)" in bench._markdown(payload)
 
 
 def test_demonet_rules_reach_the_trainer_and_are_restored():

@@ -78,8 +78,10 @@ def _torch_accuracy(run: Run) -> float:
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    test = record["test_accuracy"]
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  "
-            f"train acc {record['train_accuracy']:.2%}  test acc {record['test_accuracy']:.2%}  "
+            f"train acc {record['train_accuracy']:.2%}  "
+            f"test acc {'-' if test is None else f'{test:.2%}'}  "
             f"group sparsity {record['group_sparsity']:.1%}  ")
     if "weight_sparsity" in record:  # WoodFisher: its schedule, not a push, sets the sparsity
         return line + f"weight sparsity {record['weight_sparsity']:.1%}"
@@ -112,7 +114,9 @@ def train(run: Run, log: Log, checkpoint: Callable[[Run, int], None]) -> None:
         run.train_seconds += seconds
         if not main:
             continue
-        record = {"epoch": epoch + 1, **stats, "test_accuracy": _torch_accuracy(run),
+        tested = options.test_each_epoch or epoch + 1 == options.epochs
+        record = {"epoch": epoch + 1, **stats,
+                  "test_accuracy": _torch_accuracy(run) if tested else None,
                   **_diagnostics(run), "slim": run.slim is not None, "epoch_seconds": seconds,
                   "train_seconds": run.train_seconds}
         run.history.append(record)

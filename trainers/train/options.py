@@ -49,6 +49,9 @@ class TrainOptions:
     deletes the zero groups once DHSPG has reached the target and stopped pushing, and trains the
     slim network for the remaining epochs: the same training (the deleted channels carry exact
     zeros; tests check the kept weights against the full network's), at the slim network's cost.
+    ``test_each_epoch`` (default on) measures test accuracy after every epoch; off, only after
+    the last (a test pass over the test split costs a third of a training pass over as many
+    samples: on a budget, the samples go to training instead).
     An ``out`` folder holding any of ``FILES`` is refused unless ``resume`` (continue from its
     checkpoint) or ``overwrite`` (replace them): a finished run is never silently lost."""
 
@@ -79,6 +82,7 @@ class TrainOptions:
     quiet: bool = False
     compile_stats: bool | None = None
     slim_continuation: bool = True
+    test_each_epoch: bool = True
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
