@@ -84,7 +84,8 @@ def _export_legacy(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int,
 
 
 def _export_dynamo(
-    model: nn.Module, x: torch.Tensor, tmp: Path, opset: int | None, dynamic_batch: bool = False
+    model: nn.Module, x: torch.Tensor, tmp: Path, opset: int | None, dynamic_batch: bool = False,
+    optimize: bool = True,
 ) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=1024) if dynamic_batch else None
     with _quiet():
@@ -92,6 +93,7 @@ def _export_dynamo(
             model,
             (x,),
             dynamo=True,
+            optimize=optimize,
             opset_version=opset,
             dynamic_shapes=({0: batch},) if dynamic_batch else None,
             input_names=["input"],
@@ -113,14 +115,17 @@ def export_onnx(
     opset: int | None = None,
     seed: int = 0,
     dynamic_batch: bool = False,
+    optimize: bool = True,
 ) -> Path:
     """Export ``model`` (put in eval mode) for a seeded input of ``input_shape`` to ``path``.
 
     Legacy (default): opset 17 unless ``opset`` is given, no constant folding, initializers named
     as in the state_dict, graph input ``input`` only. Dynamo: opset chosen by torch unless given;
     BatchNorm may be folded and names differ. ``dynamic_batch`` makes the input's first dim
-    symbolic ("batch"), as deployment exports usually do. The file is self-contained (weights
-    inline) and written atomically (temp file in the same folder, then rename). Returns the path.
+    symbolic ("batch"), as deployment exports usually do. ``optimize=False`` keeps the dynamo
+    graph as it is before torch's ONNX optimizer (computed Conv biases, Shape arithmetic). The
+    file is self-contained (weights inline) and written atomically (temp file in the same
+    folder, then rename). Returns the path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +135,7 @@ def export_onnx(
         tmp = Path(work) / "model.onnx"
         with torch.no_grad():
             if dynamo:
-                proto = _export_dynamo(model, x, tmp, opset, dynamic_batch)
+                proto = _export_dynamo(model, x, tmp, opset, dynamic_batch, optimize)
             else:
                 proto = _export_legacy(model, x, tmp, opset or LEGACY_OPSET, dynamic_batch)
         final_tmp = Path(work) / "final.onnx"

@@ -169,12 +169,15 @@ def fold(model: onnx.ModelProto, foldable: tuple[int, ...], *, where: str = "mod
 
 
 def _fold_sources(model: onnx.ModelProto, foldable: tuple[int, ...]) -> list[int]:
-    """The foldable nodes and the Constant/weight-view nodes they read."""
+    """The foldable nodes and the Constant/weight-view nodes whose values they read (a
+    CastLike reads only its first input's value: the node behind its second input, an
+    activation, is not part of the constant graph)."""
     graph = model.graph
     chosen = set(foldable)
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
     for index in foldable:
-        for name in graph.node[index].input:
+        node = graph.node[index]
+        for name in node.input[:1] if node.op_type == "CastLike" else node.input:
             source = producer.get(name)
             if source is not None and source not in chosen:
                 chosen.add(source)

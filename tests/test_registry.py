@@ -136,7 +136,6 @@ BARRIERS = {
         "bool/index results (masks, argmax): no weight channel survives them"),
     "Where": "selects between two tensors by a run-time mask: needs a join rule with the "
              "condition checked; seen only in attention masks, off channel paths",
-    "CastLike": "the canonical graph folds the constant ones; run-time CastLike is rare",
     "Pow": "0^p moves zero for p <= 0: needs the exponent checked (no rule yet)",
     "Mod": "Mod(x, b) keeps 0 only for constant b != 0 (no rule yet)",
     "Expand": "broadcasts to a run-time shape: the channel extent is not static",

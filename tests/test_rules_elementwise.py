@@ -112,6 +112,21 @@ def test_clip_with_runtime_bound_is_a_barrier():
     assert "Clip node 'clip' has run-time clip bounds" in reason
 
 
+def test_castlike_passes_its_input_and_reads_the_other_for_its_type_only():
+    """CastLike(h1, h2): h1's channels pass through to c3; h2 lends only its dtype, so c2's
+    channels are read by nothing (dead) and still prunable, not barred."""
+    g = GraphBuilder(seed=47)
+    x = g.input("x", [1, 3, 6, 6])
+    h1 = g.op("Relu", [g.conv(x, 8, k=3, pad=1, name="c1")])
+    h2 = g.conv(x, 4, name="c2")
+    y = g.op("CastLike", [h1, h2], name="cast")
+    result = partition(g.build([g.conv(y, 5, name="c3")]))
+    through = group_with(result, "c1.weight")
+    assert through.prunable and group_with(result, "c3.weight", "consumer") is through
+    assert group_with(result, "c2.weight").prunable
+    assert_invariant(result.model, result, dead_ok=True)
+
+
 @pytest.mark.parametrize("slope_shape", [[8, 1, 1], [1]])
 def test_prelu_slope_is_attached_per_channel(slope_shape):
     g = GraphBuilder(seed=14)

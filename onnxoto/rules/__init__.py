@@ -10,6 +10,7 @@ from onnxoto.errors import OnnxotoError
 from onnxoto.rules.attention import AttentionRule
 from onnxoto.rules.base import Rule
 from onnxoto.rules.elementwise import (
+    CastLikeRule,
     ClipRule,
     JoinRule,
     NonZeroAtZeroRule,
@@ -42,7 +43,8 @@ from onnxoto.rules.stems import ConvRule, ConvTransposeRule, GemmRule, MatMulRul
 
 RULES: tuple[Rule, ...] = (
     ConvRule(), ConvTransposeRule(), GemmRule(), MatMulRule(), AttentionRule(),
-    ZeroPreservingRule(), NonZeroAtZeroRule(), ClipRule(), PReluRule(), PoolRule(), JoinRule(),
+    ZeroPreservingRule(), CastLikeRule(), NonZeroAtZeroRule(), ClipRule(), PReluRule(),
+    PoolRule(), JoinRule(),
     PerChannelNormRule(), ChannelMixingNormRule(), GroupNormRule(), SoftmaxRule(), ReduceRule(),
     FlattenRule(), ReshapeRule(), TransposeRule(), SqueezeRule(), ConcatRule(), SplitRule(),
     SliceRule(), GatherRule(), PadRule(), ResizeRule(), ShapeOnlyRule(), DepthToSpaceRule(),

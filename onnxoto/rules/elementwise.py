@@ -29,6 +29,21 @@ class ZeroPreservingRule(Rule):
         pass_through(node, ctx, space)
 
 
+class CastLikeRule(Rule):
+    """CastLike(x, like) is Cast to ``like``'s element type: x's channels pass through, and
+    ``like`` lends only its type, so its channels are not consumed (removing them changes
+    nothing here). The canonical pass folds CastLike of constants; this covers the rest."""
+
+    op_types = ("CastLike",)
+
+    def trace(self, node, ctx):
+        ctx.space(input_at(node, 1))  # read for its type only: handled, not consumed
+        super().trace(node, ctx)
+
+    def follow(self, node, ctx, space, rank):
+        pass_through(node, ctx, space)
+
+
 _VALUE_AT_ZERO = {
     "Sigmoid": "0.5",
     "HardSigmoid": "beta (0.5 by default)",
