@@ -281,15 +281,15 @@ def _splice(graph: onnx.GraphProto, candidates: set[int], values: dict[str, np.n
 
 def fix_batch_reshapes(model: onnx.ModelProto) -> None:
     """Give each Reshape whose target is computed from a dynamic batch a constant target, in
-    place: the output shape it has at batch 1, with -1 where it differs at batch 2.
+    place: the output shape it has at batch 1, with 0 or -1 where it differs at batch 2.
 
     Exporters build ``x.view(x.size(0), R, C // R, ...)`` from Shape(x) when the batch is
     dynamic; rules cannot tell which computed entry carries the channel count, so the
     channels were barred, while the same export with a static batch has a constant target
     that shrink rewrites. The constant is exact for every batch: the other dims do not depend
     on it, and the moving one is 0 (the input's own dim, where it is that) or -1 (what is
-    left). Targets with more than one batch-dependent dim, or whose
-    shapes stay unknown, are left as they are (their groups stay barred, which is safe).
+    left). Targets with more than one batch-dependent dim, or whose shapes stay unknown, are
+    left as they are (their groups stay barred, which is safe).
     """
     graph = model.graph
     known = {t.name for t in graph.initializer} | {
