@@ -216,7 +216,8 @@ def _fake_metrics(top1: float, macs: float, params: float, wall: float = 10.0) -
             "train_seconds": 8.0, "driver_wall_s": wall, "target_reached": True,
             "slim_continuation": {"switch_epoch": 3 if macs < 1 else None,
                                   "epoch_seconds": {"full": 2.0, "slim": 0.5}},
-            "history": [{"epoch": 1, "test_accuracy": top1, "group_sparsity": 0.6}]}
+            "history": [{"epoch": 1, "test_accuracy": top1, "group_sparsity": 0.6,
+                         "epoch_seconds": 2.0}]}
 
 
 def test_demonet_official_payload(tmp_path, monkeypatch):
@@ -253,7 +254,7 @@ def test_demonet_ab_payload_has_wall_ratio_to_baseline(tmp_path, monkeypatch):
     assert payload["wall_goal_met"] is True and payload["official_wall_ratio"] == 0.9
     assert payload["runs"]["official"]["slim_from_epoch"] == 3
     assert payload["baseline"]["slim_from_epoch"] is None
-    assert "0.9 (meets the goal <= 1.3x)" in bench._markdown(payload)
+    assert "0.9 (slim from epoch 3; meets the goal <= 1.3x)" in bench._markdown(payload)
 
 
 def test_demonet_rules_reach_the_trainer_and_are_restored():
