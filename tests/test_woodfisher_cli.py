@@ -135,7 +135,7 @@ def test_target_macs_prunes_to_the_budget(extra, mlpnet, synthetic, tmp_path):
     assert share <= 0.5 and f"MACs {share:.1%} of the input's (target 50.0%)" in result.output
     assert metrics["validation"]["passed"] and metrics["accuracy"]["prediction_mismatches"] == 0
     assert metrics["params"]["slim"] < metrics["params"]["input"]
-    assert metrics["options"]["target_macs"] == 0.5
+    assert metrics["options"]["target_macs"] == 0.5 and metrics["target_reached"]
     assert metrics["options"]["max_group_share"] == 0.75
     assert metrics["options"]["sparsity"] is None
     fractions = [h["macs_fraction"] for h in metrics["history"]]
@@ -144,6 +144,17 @@ def test_target_macs_prunes_to_the_budget(extra, mlpnet, synthetic, tmp_path):
         assert 0.5 < fractions[0] <= 0.5625
     else:
         assert fractions == [fractions[-1]] * 2
+
+
+def test_target_macs_out_of_reach_is_recorded(mlpnet, synthetic, tmp_path):
+    """A cap of 20 % of each layer cannot reach 10 % of the MACs: metrics.json says so (the
+    group-sparsity target, 0 under a MAC budget, would say reached)."""
+    result = _cli(["woodfisher", mlpnet, "--data", synthetic, *TINY[:-1], "--structured",
+                   "--target-macs", "0.1", "--max-group-share", "0.2", "-o", tmp_path])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / FILES["metrics"]).read_text())
+    assert metrics["macs"]["slim_over_input"] > 0.1 and not metrics["target_reached"]
+    assert "above the target 10.0%" in result.output
 
 
 def test_gradual_prunes_on_the_cubic_schedule(gradual):
