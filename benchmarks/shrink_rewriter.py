@@ -69,12 +69,9 @@ def run_variant(path: str, variant: str) -> dict:
                     array = np.delete(array, indices, axis=axis)
                 tensors[name].values = array
         else:
-            sliced = onnx.ModelProto()
-            sliced.CopyFrom(full)
-            from onnxoto.shrink import _slice_initializers
+            from onnxoto.shrink import _sliced_copy
 
-            _slice_initializers(sliced, result, masks)
-            graph = gs.import_onnx(sliced)
+            graph = gs.import_onnx(_sliced_copy(full, removed_indices(result, masks)))
         slim = gs.export_onnx(graph.cleanup().toposort())
         rewrite_nodes(slim, result, masks, opset=opset_of(full))
         _refresh_shapes(slim)
