@@ -424,16 +424,23 @@ def _static_dims(dims: tuple | None, *, allow_zero: bool = False) -> bool:
                                     for d in dims)
 
 
+def _data_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph's inputs that are not weights listed as inputs."""
+    weights = {t.name for t in graph.initializer}
+    return [info for info in graph.input if info.name not in weights]
+
+
+def _is_dynamic(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    return not (dim.HasField("dim_value") and dim.dim_value > 0)
+
+
 def _batch_only(graph: onnx.GraphProto) -> bool:
     """Some input has a dynamic batch (see _set_batch), and no other input dim is dynamic."""
-    weights = {t.name for t in graph.initializer}
     batch = False
-    for info in graph.input:
+    for info in _data_inputs(graph):
         dims = info.type.tensor_type.shape.dim
-        if info.name in weights:
-            continue
         for axis, dim in enumerate(dims):
-            if not (dim.HasField("dim_value") and dim.dim_value > 0):
+            if _is_dynamic(dim):
                 if axis > 0 or len(dims) < 2:
                     return False
                 batch = True
@@ -444,12 +451,9 @@ def _set_batch(graph: onnx.GraphProto, value: int) -> None:
     """A dynamic batch (the first dim of an input of rank 2 or more) becomes ``value``; other
     dynamic dims stay symbolic (a 1-D input's length is not a batch). Declared intermediate
     and output shapes (which name the symbols) are forgotten so inference starts afresh."""
-    weights = {t.name for t in graph.initializer}
-    for info in graph.input:
+    for info in _data_inputs(graph):
         dims = info.type.tensor_type.shape.dim
-        if info.name in weights or len(dims) < 2:
-            continue
-        if not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+        if len(dims) >= 2 and _is_dynamic(dims[0]):
             dims[0].dim_value = value
     for info in graph.output:
         info.type.tensor_type.ClearField("shape")
