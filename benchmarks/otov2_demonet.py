@@ -19,8 +19,8 @@ accuracy swinging between epochs, and epsilon 0.9 zeroes the redundant groups wi
 hundred steps a CPU budget allows. Each accuracy is shown with its binomial standard error, and
 a drop with its paired error when both runs recorded their per-image results: on a test subset
 of a few thousand images a single run cannot settle a 0.2-point difference, and seeds differ
-more than that (benchmarks/demonet_seeds.py). What the runs showed: benchmarks/README.md.
-`make bench-demonet [SEED=1 TARGETS=0.58]` repeats the runs it cites.
+more than that (benchmarks/demonet_seeds.py). What the runs on the former DemoNet showed:
+benchmarks/README.md; ``make bench-demonet`` now runs benchmarks/demonet_official.py.
 
 --scratch-controls trains each target's slim architecture from a fresh initialization on the
 same budget, which splits a drop into what the smaller network costs and what DHSPG's path to it
