@@ -150,7 +150,10 @@ def seeds(args: argparse.Namespace) -> dict[str, Any]:
                            "drop": round(base["top1"] - run["top1"], 2),
                            "macs_pct": run["macs_pct"], "params_pct": run["params_pct"],
                            "group_sparsity": run["group_sparsity"],
-                           "wall_s": {"baseline": base["wall_s"], "dhspg": run["wall_s"]}}
+                           "target_reached": run["target_reached"],
+                           "slim_from_epoch": run["slim_from_epoch"],
+                           "wall_s": {"baseline": base["wall_s"], "dhspg": run["wall_s"]},
+                           "wall_ratio": round(run["wall_s"] / base["wall_s"], 3)}
     drops = [r["drop"] for r in rows.values()]
     return {"budget": budget(args), "seeds": rows, "mean_drop": round(statistics.mean(drops), 3),
             "sd_drop": round(statistics.stdev(drops), 3) if len(drops) > 1 else None}
@@ -202,10 +205,12 @@ def _markdown(payload: dict[str, Any]) -> str:
                 f"epoch is the same work in every run: its seconds show how loaded the shared "
                 f"machine was during each.")
     rows = [[seed, r["baseline_top1"], r["dhspg_top1"], r["drop"], r["macs_pct"],
-             r["params_pct"], r["wall_s"]["baseline"], r["wall_s"]["dhspg"]]
+             r["params_pct"], r["group_sparsity"], r.get("slim_from_epoch") or "never",
+             r["wall_s"]["baseline"], r["wall_s"]["dhspg"], r.get("wall_ratio", "")]
             for seed, r in payload["seeds"].items()]
     headers = ["seed", "baseline top-1 %", "DHSPG top-1 %", "drop", "MACs %", "params %",
-               "baseline wall s", "DHSPG wall s"]
+               "group sparsity", "slim from epoch", "baseline wall s", "DHSPG wall s",
+               "wall / baseline"]
     return (f"DemoNet (OTOv2), official DHSPG. {text}\n\n" + markdown_table(headers, rows)
             + f"\n\nmean drop {payload['mean_drop']}, between-seed SD {payload['sd_drop']}")
 

@@ -233,7 +233,9 @@ def test_demonet_official_payload(tmp_path, monkeypatch):
     payload = bench.seeds(args)
     assert payload["seeds"]["1"] == {"baseline_top1": 86.0, "dhspg_top1": 83.0, "drop": 3.0,
                                      "macs_pct": 24.0, "params_pct": 20.0, "group_sparsity": 0.6,
-                                     "wall_s": {"baseline": 10.0, "dhspg": 10.0}}
+                                     "target_reached": True, "slim_from_epoch": 3,
+                                     "wall_s": {"baseline": 10.0, "dhspg": 10.0},
+                                     "wall_ratio": 1.0}
     assert payload["mean_drop"] == 2.0 and payload["sd_drop"] == pytest.approx(1.414, abs=1e-3)
     assert "mean drop 2.0" in bench._markdown(payload)
 
