@@ -146,6 +146,19 @@ def test_target_macs_prunes_to_the_budget(extra, mlpnet, synthetic, tmp_path):
         assert fractions == [fractions[-1]] * 2
 
 
+def test_epoch_line_shows_the_mac_share_under_target_macs():
+    """Under --target-macs the schedule runs on MACs: the epoch line shows their share, not the
+    weight sparsity (which says little when whole channels go)."""
+    from trainers.train.loop import _epoch_line
+
+    record = {"epoch": 1, "loss": 0.5, "train_accuracy": 0.8, "test_accuracy": None,
+              "group_sparsity": 0.2, "weight_sparsity": 0.1, "macs_fraction": 0.478}
+    line = _epoch_line(record, 2)
+    assert "MACs 47.8% of dense" in line and "weight sparsity" not in line
+    del record["macs_fraction"]
+    assert _epoch_line(record, 2).endswith("weight sparsity 10.0%")
+
+
 def test_target_macs_out_of_reach_is_recorded(mlpnet, synthetic, tmp_path):
     """A cap of 20 % of each layer cannot reach 10 % of the MACs: metrics.json says so (the
     group-sparsity target, 0 under a MAC budget, would say reached)."""

@@ -83,6 +83,8 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
             f"train acc {record['train_accuracy']:.2%}  "
             f"test acc {'-' if test is None else f'{test:.2%}'}  "
             f"group sparsity {record['group_sparsity']:.1%}  ")
+    if "macs_fraction" in record:  # WoodFisher --target-macs: its schedule runs on MACs
+        return line + f"MACs {record['macs_fraction']:.1%} of dense"
     if "weight_sparsity" in record:  # WoodFisher: its schedule, not a push, sets the sparsity
         return line + f"weight sparsity {record['weight_sparsity']:.1%}"
     return (line
