@@ -47,7 +47,7 @@ bench-demonet: $(STAMP) data
 # Structured WoodFisher on DemoNet: group OBS vs group magnitude vs DHSPG at matched MACs, and
 # gradual vs one-shot group OBS; benchmarks/results/woodfisher_demonet.{json,md,png}.
 bench-woodfisher-demonet: $(STAMP) data
-	$(PY) benchmarks/woodfisher_demonet.py
+	$(PY) benchmarks/woodfisher_demonet.py --threads 2
 
 clean:
 	rm -rf $(VENV) out

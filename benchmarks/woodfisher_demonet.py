@@ -4,8 +4,9 @@ matched MACs: every method removes whole channels, every result is shrunk to a s
 (``onnxoto.metrics``) and its test accuracy (onnxruntime on the slim model).
 
 The budget is one number of training steps B = dense steps D + fine-tune steps T (batch 32,
-Adam), the same for every method:
-- a dense DemoNet trained for D steps (``--train`` images x ``--epochs``);
+Adam, the rate on a cosine from its base to 0 within each training), the same for every method:
+- a dense DemoNet trained for D steps (``--train`` images x ``--epochs``); the same model
+  fine-tuned for T more steps as the pruners are is the dense reference at the full budget;
 - ``group_obs`` and ``group_magnitude``, one-shot from that dense model at each MAC level,
   exactly as ``onnxoto train woodfisher --structured --target-macs LEVEL`` prunes
   (``trainers.woodfisher.macs``: channels ranked by score per MAC saved, the fewest whose slim
@@ -18,9 +19,9 @@ Adam), the same for every method:
 - ``dhspg`` from scratch (the dense model's initial weights and batch order) for all B steps,
   with the settings that reached OTOv2's goal on the former DemoNet (Adam lr 5e-3, no warm-up;
   epsilon 0.5, the trainer's default): a slower push (lr 1e-3, or a warm-up) leaves too few
-  steps to zero the groups in so short a budget. Its target group sparsity is chosen to land
-  near a level (``--dhspg-targets``, paired with ``--dhspg-levels``); its MACs are whatever it
-  lands on, measured on its slim.onnx;
+  steps to zero the groups in so short a budget. Its MACs are whatever its target group
+  sparsity (``--dhspg-targets``) lands on, measured on its slim.onnx, so the two pruners also
+  run at each DHSPG run's MACs, beside the fixed ``--levels``;
 - one gradual group-OBS run at ``--gradual-level``: ``--gradual-stages`` pruning steps on the
   cubic schedule of the MAC share removed (the level only at the last), the Fisher recomputed at
   each, the T fine-tune steps split between them (masks held on the full model in between), set
@@ -29,9 +30,9 @@ Adam), the same for every method:
 Each finished run is kept in ``--work`` (the dense model too), so a stopped benchmark resumes
 where it stopped; the budget flags must not change in between.
 
-    python benchmarks/woodfisher_demonet.py [--train 4000] [--epochs 2] [--test 2000]
-        [--finetune-steps 60] [--levels 0.6 0.4 0.24] [--dhspg-levels 0.4 0.24]
-        [--dhspg-targets 0.43 0.57] [--dhspg-lr 5e-3] [--dhspg-warmup-steps 0]
+    python benchmarks/woodfisher_demonet.py [--train 8000] [--epochs 2] [--lr 5e-3] [--test 2000]
+        [--finetune-steps 60] [--levels 0.6 0.4 0.24] [--dhspg-targets 0.43] [--dhspg-lr 5e-3]
+        [--dhspg-warmup-steps 0]
         [--gradual-level 0.4] [--gradual-stages 2] [--grads 128] [--max-group-share 0.75]
         [--seed 0] [--threads 1] [--work DIR]
 """
@@ -66,6 +67,7 @@ from onnxoto.shrink import shrink  # noqa: E402
 from trainers.binding import OnnxModule, write_back  # noqa: E402
 from trainers.data import load_dataset  # noqa: E402
 from trainers.dhspg import DHSPG, DHSPGOptions  # noqa: E402
+from trainers.train.loop import scheduled_lr  # noqa: E402
 from trainers.woodfisher import (  # noqa: E402
     BlockFisher,
     FisherOptions,
@@ -92,7 +94,9 @@ def train(module: OnnxModule, data: dict, steps: int, seed: int, lr: float,
           optimizer: torch.optim.Optimizer | None = None,
           hold: Callable[[], None] | None = None) -> None:
     """``steps`` Adam (or ``optimizer``) steps of ``BATCH`` images in a seeded order (the same
-    order for the same seed, whatever the number of steps); ``hold`` after each step."""
+    order for the same seed, whatever the number of steps); ``hold`` after each step. The rate
+    follows a cosine from ``lr`` to 0 over the steps, as the trainer's ``--lr-schedule cosine``:
+    every model is scored where its rate has annealed, not at a noisy mid-training point."""
     x, y = data["train"]
     module.train()
     optimizer = optimizer or torch.optim.Adam(module.parameters(), lr=lr)
@@ -101,6 +105,7 @@ def train(module: OnnxModule, data: dict, steps: int, seed: int, lr: float,
                        for _ in range(-(-steps * BATCH // len(x)))])
     begin = time.perf_counter()
     for i, batch in enumerate(order[:steps * BATCH].split(BATCH), 1):
+        optimizer.param_groups[0]["lr"] = scheduled_lr(lr, "cosine", i - 1, steps)
         optimizer.zero_grad()
         F.cross_entropy(module(x[batch]), y[batch]).backward()
         optimizer.step()
@@ -260,16 +265,22 @@ def render(results: dict) -> str:
                 continue
             shot = f"{run['one_shot']:.2f}" if "one_shot" in run else "-"
             label = method if method != "dhspg" else f"dhspg (target {run['target']:g})"
+            if method != "dhspg" and "dhspg" in runs:
+                label += " (at DHSPG's MACs)"
             rows.append([f"{100 * level:.0f}", label, f"{run['macs_pct']:.1f}",
                          f"{run['group_sparsity']:.3f}", shot, f"{run['accuracy']:.2f}"])
     dense_steps = results["dense"]["steps"]
     text = (
-        f"DemoNet (OTOv2) on fashion-mnist-32, seed {results['seed']}, one CPU thread. Budget "
+        f"DemoNet (OTOv2) on fashion-mnist-32, seed {results['seed']}, "
+        f"{results.get('threads', 1)} CPU thread(s). Budget "
         f"for every method: {dense_steps + budget['finetune_steps']} steps of {BATCH} images "
-        f"(Adam). Dense: {budget['train']} training images x {budget['epochs']} epochs = "
-        f"{dense_steps} steps (lr {budget['lr']:g}), {results['dense']['accuracy']:.2f} % on "
+        f"(Adam, cosine rate). Dense: {budget['train']} training images x {budget['epochs']} "
+        f"epochs = {dense_steps} steps (lr {budget['lr']:g}), "
+        f"{results['dense']['accuracy']:.2f} % on "
         f"{budget['test']} test images (binomial SE about {results['se']:.1f} points), "
-        f"{results['dense']['macs'] / 1e6:.0f} M MACs. group_obs / group_magnitude: one-shot "
+        f"{results['dense']['macs'] / 1e6:.0f} M MACs; {results['dense']['tuned']:.2f} % after "
+        f"the {budget['finetune_steps']} fine-tune steps the pruners get. group_obs / "
+        f"group_magnitude: one-shot "
         f"from the dense model to the MAC level (`--target-macs`: ranked per MAC saved, at most "
         f"{budget['max_group_share']:g} of any group), then {budget['finetune_steps']} "
         f"fine-tune steps with the masks held (lr {budget['finetune_lr']:g}); group OBS on the "
@@ -278,7 +289,8 @@ def render(results: dict) -> str:
         f"same initial weights for all {dense_steps + budget['finetune_steps']} steps (lr "
         f"{budget['dhspg_lr']:g}, {budget['dhspg_warmup_steps']} warm-up steps, epsilon "
         f"{budget['dhspg_epsilon']:g}), its target "
-        f"group sparsity chosen to land near the level. MACs are measured on each validated "
+        f"group sparsity given; the pruners also run at its MACs. MACs are measured on each "
+        f"validated "
         f"slim.onnx. Wall {results['wall_s'] / 60:.1f} min (this process; earlier runs resumed "
         f"from --work).\n\n"
         + markdown_table(["MAC level %", "method", "MACs % of dense", "group sparsity",
@@ -358,19 +370,19 @@ class Store:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=int, default=4000)
+    parser.add_argument("--train", type=int, default=8000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--dhspg-lr", type=float, default=5e-3)
     parser.add_argument("--dhspg-warmup-steps", type=int, default=0)
     parser.add_argument("--dhspg-epsilon", type=float, default=0.5)
     parser.add_argument("--levels", nargs="+", type=float, default=[0.6, 0.4, 0.24])
-    parser.add_argument("--dhspg-levels", nargs="*", type=float, default=[0.4, 0.24])
-    parser.add_argument("--dhspg-targets", nargs="*", type=float, default=[0.43, 0.57],
-                        help="DHSPG's target group sparsity for each --dhspg-levels level")
+    parser.add_argument("--dhspg-targets", nargs="*", type=float, default=[0.43],
+                        help="DHSPG's target group sparsities; the pruners also run at the MACs "
+                             "each lands on")
     parser.add_argument("--grads", type=int, default=128)
     parser.add_argument("--damping", type=float, default=1e-5)
     parser.add_argument("--gradual-level", type=float, default=0.4)
@@ -385,8 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gradual_level not in args.levels:
         parser.error("--gradual-level must be one of --levels")
-    if len(args.dhspg_levels) != len(args.dhspg_targets):
-        parser.error("--dhspg-targets needs one target per --dhspg-levels level")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = {split: tuple(torch.from_numpy(a) for a in load_dataset(
@@ -414,28 +424,28 @@ def main(argv: list[str] | None = None) -> int:
     dense_record = store.get("dense", train_dense)
     dense = onnx.load(str(dense_path))
     results: dict[str, Any] = {
-        "seed": args.seed, "levels": args.levels, "gradual_level": args.gradual_level,
+        "seed": args.seed, "threads": args.threads, "levels": list(args.levels),
+        "gradual_level": args.gradual_level,
         "budget": budget,
         "dense": {**dense_record, "accuracy": store.get(
             "dense_accuracy", lambda: {"top1": accuracy(dense, data)})["top1"],
             "macs": macs(dense)}, "runs": {}}
-    for level in args.levels:
+    results["dense"]["tuned"] = store.get(
+        "dense tuned", lambda: {"top1": accuracy(
+            finetune(dense, data, args.finetune_steps, args, args.seed + 1), data)})["top1"]
+    for target in args.dhspg_targets:
+        run = store.get(f"dhspg {target}", lambda t=target: dhspg(initial, t, dense_steps,
+                                                                   data, args))
+        level = round(run["macs_pct"] / 100, 4)  # the pruners are matched to its MACs
+        results["runs"].setdefault(str(level), {})["dhspg"] = run
+        results["levels"].append(level)
+    for level in results["levels"]:
         runs = results["runs"].setdefault(str(level), {})
         for method in METHODS[:2]:
             runs[method] = store.get(f"{level} {method}",
                                      lambda m=method, lv=level: one_shot(dense, lv, m, data, args))
-    pairs = list(zip(args.dhspg_levels, args.dhspg_targets, strict=True))
-    for i, (level, target) in enumerate(pairs):
-        if i == 1:  # the gradual run before the second DHSPG run: the cheaper of the two
-            results["gradual"] = store.get(
-                f"gradual {args.gradual_level}",
-                lambda: gradual(dense, args.gradual_level, data, args))
-        results["runs"].setdefault(str(level), {})["dhspg"] = store.get(
-            f"{level} dhspg {target}",
-            lambda lv=level, t=target: dhspg(initial, t, dense_steps, data, args))
-    if "gradual" not in results:
-        results["gradual"] = store.get(f"gradual {args.gradual_level}",
-                                       lambda: gradual(dense, args.gradual_level, data, args))
+    results["gradual"] = store.get(f"gradual {args.gradual_level}",
+                                   lambda: gradual(dense, args.gradual_level, data, args))
     p = results["dense"]["accuracy"] / 100
     results["se"] = 100 * float(np.sqrt(p * (1 - p) / args.test))
     results["wall_s"] = time.perf_counter() - start
