@@ -76,7 +76,7 @@ def _run(model: Path, args: argparse.Namespace, seed: int, target: float, out: P
         data=DATA, target=target, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="cosine", variant=args.variant, warmup_epochs=args.warmup_epochs,
         epsilon=args.epsilon, limit_train=args.limit_train, limit_test=args.limit_test,
-        seed=seed, device="cpu", out=out, quiet=args.quiet,
+        seed=seed, device=args.device, out=out, quiet=args.quiet,
         test_each_epoch=not args.test_last_only,
         resume=(out / FILES["checkpoint"]).is_file())
     options.overwrite = not options.resume
@@ -136,7 +136,15 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
             "epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
             "batch_size": args.batch_size, "variant": args.variant, "lr": args.lr,
             "lr_schedule": "cosine", "epsilon": args.epsilon, "target": args.target,
-            "threads": args.threads, "test_each_epoch": not args.test_last_only}
+            "threads": args.threads, "test_each_epoch": not args.test_last_only,
+            "device": _device(args.device)}
+
+
+def _device(requested: str) -> str:
+    """The device the trainer resolves ``requested`` to (auto: CUDA when torch sees one)."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
 
 
 def seeds(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,6 +238,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=float, default=0.6)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and onnxruntime threads (default: torch's)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when torch sees one), cpu or cuda: the full budget is "
+                             "several CPU-hours a run")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
     parser.add_argument("--test-last-only", action="store_true",
                         help="torch test accuracy after the last epoch only (not each epoch)")
