@@ -132,19 +132,14 @@ def _export(folder: Path, seed: int) -> Path:
 
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
+    from trainers.train.prepare import resolve_device
+
     return {"data": DATA, "limit_train": args.limit_train, "limit_test": args.limit_test,
             "epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
             "batch_size": args.batch_size, "variant": args.variant, "lr": args.lr,
             "lr_schedule": "cosine", "epsilon": args.epsilon, "target": args.target,
             "threads": args.threads, "test_each_epoch": not args.test_last_only,
-            "device": _device(args.device)}
-
-
-def _device(requested: str) -> str:
-    """The device the trainer resolves ``requested`` to (auto: CUDA when torch sees one)."""
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+            "device": resolve_device(args.device).type}
 
 
 def seeds(args: argparse.Namespace) -> dict[str, Any]:

@@ -280,8 +280,8 @@ def render(results: dict) -> str:
         f"{budget['test']} test images (binomial SE about {results['se']:.1f} points), "
         f"{results['dense']['macs'] / 1e6:.0f} M MACs; {results['dense']['tuned']:.2f} % after "
         f"the {budget['finetune_steps']} fine-tune steps the pruners get. group_obs / "
-        f"group_magnitude: one-shot "
-        f"from the dense model to the MAC level (`--target-macs`: ranked per MAC saved, at most "
+        f"group_magnitude: one-shot from the dense model to the MAC level (`--target-macs`: "
+        f"ranked per MAC saved, at most "
         f"{budget['max_group_share']:g} of any group), then {budget['finetune_steps']} "
         f"fine-tune steps with the masks held (lr {budget['finetune_lr']:g}); group OBS on the "
         f"consumer slices, {budget['grads']} single-image gradients, one low-rank Fisher block "
@@ -290,8 +290,8 @@ def render(results: dict) -> str:
         f"{budget['dhspg_lr']:g}, {budget['dhspg_warmup_steps']} warm-up steps, epsilon "
         f"{budget['dhspg_epsilon']:g}), its target "
         f"group sparsity given; the pruners also run at its MACs. MACs are measured on each "
-        f"validated "
-        f"slim.onnx. Wall {results['wall_s'] / 60:.1f} min (this process; earlier runs resumed "
+        f"validated slim.onnx. Wall {results['wall_s'] / 60:.1f} min (this process; earlier "
+        f"runs resumed "
         f"from --work).\n\n"
         + markdown_table(["MAC level %", "method", "MACs % of dense", "group sparsity",
                           "one-shot top-1 %", "fine-tuned top-1 %"], rows) + "\n")
