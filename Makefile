@@ -41,9 +41,10 @@ bench: $(STAMP) data
 # seed in SEEDS (default 0 1 2), results in benchmarks/results/demonet_official.{json,md}. Run
 # folders go to out/demonet_official; killed? Run it again: finished runs are read back and a
 # killed one resumes from its last epoch. Trains on CUDA when torch sees one (several CPU-hours
-# a run otherwise).
+# a run otherwise). Tested after the last epoch only: a resumed run's wall time counts only the
+# training of its earlier processes.
 bench-demonet: $(STAMP) data
-	$(PY) benchmarks/demonet_official.py --seeds $(SEEDS) --out out/demonet_official
+	$(PY) benchmarks/demonet_official.py --seeds $(SEEDS) --test-last-only --out out/demonet_official
 
 # Structured WoodFisher on DemoNet: group OBS vs group magnitude vs DHSPG at matched MACs, and
 # gradual vs one-shot group OBS; benchmarks/results/woodfisher_demonet.{json,md,png}.

@@ -3,15 +3,22 @@ runs it: a baseline (target 0) and a DHSPG run per seed, or an A/B of rule sets 
 
     python benchmarks/demonet_official.py [--seeds 0 1 2] [--limit-train 24000]
         [--limit-test 5000] [--epochs 8] [--warmup-epochs 2] [--target 0.6] [--threads N]
-        [--out DIR]
+        [--scratch] [--out DIR]
     python benchmarks/demonet_official.py --ab [--seeds 0] ...   # official vs old rules
 
 Seeds write benchmarks/results/demonet_official.json (per seed baseline_top1, dhspg_top1,
-macs_pct, params_pct, wall_s; totals mean_drop, sd_drop); --ab writes demonet_ab.{json,md}
+macs_pct, params_pct, wall_s, the drop's paired standard error; totals mean_drop, sd_drop and
+whether they meet the goal); --ab writes demonet_ab.{json,md}
 with each run's wall time over the baseline's (the issue's goal for DHSPG with slim
 continuation: <= 1.3x). Top-1 is the slim ONNX model's on the test subset (onnxruntime CPU),
 in percent. ``--threads`` sets torch's and onnxruntime's thread count for every run, so wall
 times compare on a shared machine.
+
+A single run's drop carries a test-set error, and seeds differ in initialization and data order
+by more than that: only the mean over seeds can settle a 0.2-point goal. ``--scratch`` adds a
+capacity control per seed: the widths the DHSPG run kept, freshly initialized and trained
+densely on the same budget. Its drop is what the smaller network itself costs; the rest of
+DHSPG's drop is what its path to that network costs.
 
 The trainer's TrainOptions does not carry DHSPG's rule options (score, tolerance, release,
 lam_bracket): ``_rules`` hands them to the DHSPGOptions of trainers/train/prepare.py for the
@@ -39,6 +46,9 @@ from benchmarks.common import markdown_table, write_results  # noqa: E402
 DATA = "fashion-mnist-32"
 # The issue's goal for a DHSPG run's wall time (slim continuation on) over its baseline's.
 GOAL_WALL_RATIO = 1.3
+# The issue's accuracy goal (OTOv2's DemoNet table: 84.5 % -> 84.3 % top-1 at 24.0 % FLOPs,
+# 23.3 % params), judged on the mean drop over seeds; FLOPs = 2 x MACs, so the shares agree.
+GOAL = {"mean_drop_max": 0.2, "macs_pct_max": 24.0, "params_pct_max": 23.3}
 # Rule sets for --ab: OTOv2's code (the defaults) and our earlier rules.
 RULES: dict[str, dict[str, Any]] = {
     "official": {},
@@ -102,7 +112,18 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
                               for kind, v in (slim.get("epoch_seconds") or {}).items()},
             "train_s": round(metrics["train_seconds"], 1),
             "warmup_epoch_s": _first_epoch_seconds(metrics),
-            "wall_s": round(metrics.get("driver_wall_s", metrics["wall_seconds"]), 1)}
+            "wall_s": round(_wall_seconds(metrics), 1),
+            "resumed_at_epoch": metrics.get("resumed_at_epoch") or 0}
+
+
+def _wall_seconds(metrics: dict[str, Any]) -> float:
+    """The run's wall time. A run resumed in a later process (on a CPU the full budget spans
+    several sittings) adds the training seconds its checkpoint recorded for the earlier
+    processes to the last process's wall time; their start-up and per-epoch tests are not
+    counted, which is why the budget's runs test after the last epoch only."""
+    last = metrics.get("driver_wall_s", metrics["wall_seconds"])
+    resumed = metrics.get("resumed_at_epoch") or 0
+    return last + (metrics["history"][resumed - 1]["train_seconds"] if resumed else 0.0)
 
 
 def _first_epoch_seconds(metrics: dict[str, Any]) -> float | None:
@@ -121,14 +142,48 @@ def _history(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{key: record.get(key) for key in keys} for record in metrics["history"]]
 
 
-def _export(folder: Path, seed: int) -> Path:
-    from models.export import export_onnx
-    from models.zoo import ZOO, build
+def _export(folder: Path, seed: int, widths: tuple[int, ...] | None = None) -> Path:
+    """DemoNet initialized from ``seed``: the paper's widths, or ``widths`` (conv1, conv2/conv3,
+    conv5, gemm1) for the capacity control."""
+    import torch
 
-    path = folder / f"demonet_seed{seed}.onnx"
+    from models.export import export_onnx
+    from models.zoo import ZOO, DemoNet, build
+
+    suffix = "" if widths is None else "_" + "_".join(map(str, widths))
+    path = folder / f"demonet_seed{seed}{suffix}.onnx"
     if not path.is_file():
-        export_onnx(build("demonet", seed=seed), ZOO["demonet"].input_shape, path)
+        if widths is None:
+            model = build("demonet", seed=seed)
+        else:
+            torch.manual_seed(seed)
+            model = DemoNet(widths)
+        export_onnx(model, ZOO["demonet"].input_shape, path)
     return path
+
+
+def slim_widths(slim: Path) -> tuple[int, int, int, int]:
+    """DemoNet widths (conv1, conv2/conv3, conv5, gemm1) that a slim.onnx kept."""
+    import onnx
+
+    dims = {t.name: t.dims[0] for t in onnx.load(str(slim)).graph.initializer}
+    return tuple(dims[f"{name}.weight"] for name in ("conv1", "conv2", "conv5", "gemm1"))
+
+
+def drop_se(metrics: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """Standard error of the top-1 drop in points, paired: from both runs' right/wrong answer
+    per test image. The two models get mostly the same images right, so the unpaired binomial
+    error would overstate the noise several times. None when the runs were tested on different
+    images."""
+    from trainers.train import unpack_correct
+
+    test = metrics["data"]["test"]
+    if test != base["data"]["test"] or metrics["data"]["source"] != base["data"]["source"]:
+        return None
+    n = test["samples"]
+    diff = (unpack_correct(base["accuracy"]["slim_correct"], n).astype(float)
+            - unpack_correct(metrics["accuracy"]["slim_correct"], n))
+    return round(100 * float(diff.std(ddof=1)) / n ** 0.5, 3)
 
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,19 +202,46 @@ def seeds(args: argparse.Namespace) -> dict[str, Any]:
     rows = {}
     for seed in args.seeds:
         model = _export(args.out, seed)
-        base = _summary(_run(model, args, seed, 0.0, args.out / f"seed{seed}_baseline", {}))
-        run = _summary(_run(model, args, seed, args.target, args.out / f"seed{seed}_dhspg", {}))
+        base_metrics = _run(model, args, seed, 0.0, args.out / f"seed{seed}_baseline", {})
+        run_metrics = _run(model, args, seed, args.target, args.out / f"seed{seed}_dhspg", {})
+        base, run = _summary(base_metrics), _summary(run_metrics)
         rows[str(seed)] = {"baseline_top1": base["top1"], "dhspg_top1": run["top1"],
                            "drop": round(base["top1"] - run["top1"], 2),
+                           "drop_se": drop_se(run_metrics, base_metrics),
                            "macs_pct": run["macs_pct"], "params_pct": run["params_pct"],
                            "group_sparsity": run["group_sparsity"],
                            "target_reached": run["target_reached"],
                            "slim_from_epoch": run["slim_from_epoch"],
                            "wall_s": {"baseline": base["wall_s"], "dhspg": run["wall_s"]},
-                           "wall_ratio": round(run["wall_s"] / base["wall_s"], 3)}
+                           "wall_ratio": round(run["wall_s"] / base["wall_s"], 3),
+                           "resumed_at_epoch": {"baseline": base["resumed_at_epoch"],
+                                                "dhspg": run["resumed_at_epoch"]}}
+        if args.scratch:
+            rows[str(seed)]["scratch"] = _scratch(args, seed, args.out / f"seed{seed}_dhspg",
+                                                  base["top1"])
     drops = [r["drop"] for r in rows.values()]
-    return {"budget": budget(args), "seeds": rows, "mean_drop": round(statistics.mean(drops), 3),
-            "sd_drop": round(statistics.stdev(drops), 3) if len(drops) > 1 else None}
+    mean_drop = round(statistics.mean(drops), 3)
+    worst = {key: max(r[key] for r in rows.values()) for key in ("macs_pct", "params_pct")}
+    return {"budget": budget(args), "seeds": rows, "mean_drop": mean_drop,
+            "sd_drop": round(statistics.stdev(drops), 3) if len(drops) > 1 else None,
+            "goal": GOAL,
+            "goal_met": (mean_drop <= GOAL["mean_drop_max"]
+                         and worst["macs_pct"] <= GOAL["macs_pct_max"]
+                         and worst["params_pct"] <= GOAL["params_pct_max"])}
+
+
+def _scratch(args: argparse.Namespace, seed: int, dhspg: Path,
+             baseline_top1: float) -> dict[str, Any]:
+    """The capacity control: the widths the DHSPG run in ``dhspg`` kept, initialized from
+    ``seed`` and trained densely (target 0) on the same budget."""
+    from trainers.train import FILES
+
+    widths = slim_widths(dhspg / FILES["slim"])
+    model = _export(args.out, seed, widths)
+    name = "scratch_" + "_".join(map(str, widths))
+    row = _summary(_run(model, args, seed, 0.0, args.out / f"seed{seed}_{name}", {}))
+    return {"widths": list(widths), "top1": row["top1"],
+            "drop": round(baseline_top1 - row["top1"], 2), "wall_s": row["wall_s"]}
 
 
 def ab(args: argparse.Namespace) -> dict[str, Any]:
@@ -207,15 +289,33 @@ def _markdown(payload: dict[str, Any]) -> str:
                 f"({slim}; {verdict} the goal <= {payload['goal_wall_ratio']}x). The warm-up "
                 f"epoch is the same work in every run: its seconds show how loaded the shared "
                 f"machine was during each.")
-    rows = [[seed, r["baseline_top1"], r["dhspg_top1"], r["drop"], r["macs_pct"],
+    rows = [[seed, r["baseline_top1"], r["dhspg_top1"], _drop_cell(r), r["macs_pct"],
              r["params_pct"], r["group_sparsity"], r.get("slim_from_epoch") or "never",
              r["wall_s"]["baseline"], r["wall_s"]["dhspg"], r.get("wall_ratio", "")]
             for seed, r in payload["seeds"].items()]
-    headers = ["seed", "baseline top-1 %", "DHSPG top-1 %", "drop", "MACs %", "params %",
-               "group sparsity", "slim from epoch", "baseline wall s", "DHSPG wall s",
-               "wall / baseline"]
+    headers = ["seed", "baseline top-1 %", "DHSPG top-1 %", "drop (± paired SE)", "MACs %",
+               "params %", "group sparsity", "slim from epoch", "baseline wall s",
+               "DHSPG wall s", "wall / baseline"]
+    goal = payload["goal"]
+    verdict = (f"mean drop {payload['mean_drop']}, between-seed SD {payload['sd_drop']}: "
+               f"{'meets' if payload['goal_met'] else 'misses'} the goal (mean drop <= "
+               f"{goal['mean_drop_max']} at <= {goal['macs_pct_max']} % MACs and <= "
+               f"{goal['params_pct_max']} % params in every seed)")
+    scratch = [[seed, "x".join(map(str, r["scratch"]["widths"])), r["scratch"]["top1"],
+                r["scratch"]["drop"], r["drop"]]
+               for seed, r in payload["seeds"].items() if "scratch" in r]
+    if scratch:
+        verdict += ("\n\nCapacity control: the kept widths (conv1 x conv2 x conv5 x gemm1) "
+                    "trained from scratch on the same budget\n\n" + markdown_table(
+                        ["seed", "widths", "from scratch top-1 %", "its drop", "DHSPG's drop"],
+                        scratch))
     return (f"DemoNet (OTOv2), official DHSPG. {text}\n\n" + markdown_table(headers, rows)
-            + f"\n\nmean drop {payload['mean_drop']}, between-seed SD {payload['sd_drop']}")
+            + f"\n\n{verdict}")
+
+
+def _drop_cell(row: dict[str, Any]) -> str:
+    se = row.get("drop_se")
+    return f"{row['drop']}" if se is None else f"{row['drop']} ± {se}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -231,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--epsilon", type=float, default=0.9)
     parser.add_argument("--target", type=float, default=0.6)
+    parser.add_argument("--scratch", action="store_true",
+                        help="per seed, also train the widths DHSPG kept from scratch")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and onnxruntime threads (default: torch's)")
     parser.add_argument("--device", default="auto",
