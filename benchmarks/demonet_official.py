@@ -5,6 +5,7 @@ runs it: a baseline (target 0) and a DHSPG run per seed, or an A/B of rule sets 
         [--limit-test 5000] [--epochs 8] [--warmup-epochs 2] [--target 0.7] [--threads N]
         [--scratch] [--out DIR]
     python benchmarks/demonet_official.py --ab [--seeds 0] ...   # official vs old rules
+    python benchmarks/demonet_official.py --fork-warmup --seeds 1  # see fork_warmup
 
 Seeds write benchmarks/results/demonet_official.json (per seed baseline_top1, dhspg_top1,
 macs_pct, params_pct, wall_s, the drop's paired standard error; totals mean_drop, sd_drop and
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import json
 import statistics
 import sys
@@ -96,6 +98,46 @@ def _run(model: Path, args: argparse.Namespace, seed: int, target: float, out: P
                                                                    flush=True))
     metrics["driver_wall_s"] = time.perf_counter() - started
     return metrics
+
+
+# In a DHSPG run folder: the run started from its baseline's warm-up checkpoint (fork_warmup).
+FORK_NOTE = "warmup_from_baseline.json"
+
+
+def fork_warmup(baseline: Path, dhspg: Path, target: float, warmup_epochs: int) -> Path:
+    """Start the DHSPG run in ``dhspg`` from the baseline's checkpoint at the end of the warm-up.
+
+    DHSPG takes plain steps until the warm-up ends and reads its target only after it, so a
+    seed's baseline (target 0) and DHSPG run compute the same warm-up; on a CPU its two epochs of
+    the full budget take ~50 min a seed. The copy differs from the baseline's checkpoint only in
+    the target it records, and keeps the baseline's training seconds, so the DHSPG run's wall
+    time still counts its warm-up. Refuses anything but a baseline checkpoint at the warm-up's
+    last epoch and a DHSPG folder with no run in it."""
+    import torch
+
+    from onnxoto.files import write_bytes_atomic
+    from trainers.train import FILES
+
+    source, copy = baseline / FILES["checkpoint"], dhspg / FILES["checkpoint"]
+    if not source.is_file():
+        raise SystemExit(f"'{source}': no baseline checkpoint to fork the warm-up from")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if state["run"]["target"] != 0 or state["epoch"] != warmup_epochs:
+        raise SystemExit(f"'{source}' is at epoch {state['epoch']} of a target "
+                         f"{state['run']['target']} run: only a baseline (target 0) checkpoint "
+                         f"at the warm-up's end (epoch {warmup_epochs}) forks")
+    taken = [FILES[name] for name in FILES if (dhspg / FILES[name]).exists()]
+    if taken:
+        raise SystemExit(f"'{dhspg}' already holds a run ({', '.join(taken)}): not forking")
+    state["run"]["target"] = target
+    state["optimizer"]["dhspg"]["options"]["target_group_sparsity"] = target
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    dhspg.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(dhspg / FORK_NOTE, json.dumps(
+        {"baseline_checkpoint": str(source.resolve()), "epoch": warmup_epochs}).encode())
+    write_bytes_atomic(copy, buffer.getvalue())
+    return copy
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +257,9 @@ def seeds(args: argparse.Namespace) -> dict[str, Any]:
                            "wall_s": {"baseline": base["wall_s"], "dhspg": run["wall_s"]},
                            "wall_ratio": round(run["wall_s"] / base["wall_s"], 3),
                            "resumed_at_epoch": {"baseline": base["resumed_at_epoch"],
-                                                "dhspg": run["resumed_at_epoch"]}}
+                                                "dhspg": run["resumed_at_epoch"]},
+                           "dhspg_warmup_from_baseline": (
+                               args.out / f"seed{seed}_dhspg" / FORK_NOTE).is_file()}
         if args.scratch:
             rows[str(seed)]["scratch"] = _scratch(args, seed, args.out / f"seed{seed}_dhspg",
                                                   base["top1"])
@@ -301,6 +345,11 @@ def _markdown(payload: dict[str, Any]) -> str:
                f"{'meets' if payload['goal_met'] else 'misses'} the goal (mean drop <= "
                f"{goal['mean_drop_max']} at <= {goal['macs_pct_max']} % MACs and <= "
                f"{goal['params_pct_max']} % params in every seed)")
+    forked = [seed for seed, r in payload["seeds"].items() if r.get("dhspg_warmup_from_baseline")]
+    if forked:
+        verdict += (f"\n\nSeed(s) {', '.join(forked)}: the DHSPG run started from its baseline's "
+                    f"checkpoint at the warm-up's end (the same computation; its wall time "
+                    f"counts the baseline's warm-up seconds).")
     scratch = [[seed, "x".join(map(str, r["scratch"]["widths"])), r["scratch"]["top1"],
                 r["scratch"]["drop"], r["drop"]]
                for seed, r in payload["seeds"].items() if "scratch" in r]
@@ -349,6 +398,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-last-only", action="store_true",
                         help="torch test accuracy after the last epoch only (not each epoch)")
     parser.add_argument("--out", type=Path, default=Path("out/demonet_official"))
+    parser.add_argument("--fork-warmup", action="store_true",
+                        help="start each seed's DHSPG run from its baseline's checkpoint at the "
+                             "warm-up's end (the same computation), then exit")
     parser.add_argument("--results-name", default=None,
                         help="results stem (default demonet_official, or demonet_ab with --ab)")
     return parser
@@ -361,6 +413,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.fork_warmup:
+        for seed in args.seeds:
+            copy = fork_warmup(args.out / f"seed{seed}_baseline", args.out / f"seed{seed}_dhspg",
+                               args.target, args.warmup_epochs)
+            print(f"seed {seed}: DHSPG run starts from its baseline's warm-up ({copy})")
+        return {}
     payload = ab(args) if args.ab else seeds(args)
     stem = args.results_name or ("demonet_ab" if args.ab else "demonet_official")
     markdown = _markdown(payload)

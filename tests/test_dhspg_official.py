@@ -240,6 +240,8 @@ def test_demonet_official_payload(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "_run", lambda model, args, seed, target, out, rules:
                         _fake_metrics(tops[seed, target], 0.24, 0.2 if target else 1.0))
     args = bench._parser().parse_args(["--seeds", "0", "1", "--out", str(tmp_path)])
+    (tmp_path / "seed1_dhspg").mkdir()
+    (tmp_path / "seed1_dhspg" / bench.FORK_NOTE).write_text("{}")
     payload = bench.seeds(args)
     diff = _answers(0.86).astype(float) - _answers(0.83)
     se = round(100 * diff.std(ddof=1) / 10, 3)
@@ -249,12 +251,15 @@ def test_demonet_official_payload(tmp_path, monkeypatch):
                                      "target_reached": True, "slim_from_epoch": 3,
                                      "wall_s": {"baseline": 10.0, "dhspg": 10.0},
                                      "wall_ratio": 1.0,
-                                     "resumed_at_epoch": {"baseline": 0, "dhspg": 0}}
+                                     "resumed_at_epoch": {"baseline": 0, "dhspg": 0},
+                                     "dhspg_warmup_from_baseline": True}
+    assert payload["seeds"]["0"]["dhspg_warmup_from_baseline"] is False
     assert payload["mean_drop"] == 2.0 and payload["sd_drop"] == pytest.approx(1.414, abs=1e-3)
     assert payload["goal_met"] is False
     markdown = bench._markdown(payload)
     assert f"| 3.0 ± {se} |" in markdown
     assert "mean drop 2.0, between-seed SD 1.414: misses the goal" in markdown
+    assert "Seed(s) 1: the DHSPG run started from its baseline's checkpoint" in markdown
 
 
 def test_demonet_goal_needs_the_mean_drop_and_every_seeds_size(tmp_path, monkeypatch):

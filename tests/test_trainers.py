@@ -255,6 +255,32 @@ def test_cosine_run_killed_after_one_epoch_resumes_exactly(mlpnet, synthetic, tm
                                        **{**options, "epochs": TINY["epochs"] + 1}))
 
 
+def test_dhspg_run_forked_from_its_baselines_warmup_is_the_straight_run(
+        mlpnet, synthetic, tmp_path, killed_after_checkpoint):
+    """benchmarks/demonet_official.py --fork-warmup: a DHSPG run resumed from its baseline's
+    checkpoint at the warm-up's end trains the same weights as one run straight through."""
+    from benchmarks.demonet_official import FORK_NOTE, fork_warmup
+
+    options = dict(TINY, data=str(synthetic), lr_schedule="cosine", epochs=3, warmup_epochs=1)
+    straight = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "dhspg", **options))
+    assert straight["group_sparsity"] > 0  # the push ran after the warm-up
+    with killed_after_checkpoint(1):
+        run_dhspg(mlpnet, TrainOptions(out=tmp_path / "baseline", **{**options, "target": 0.0}))
+    fork_warmup(tmp_path / "baseline", tmp_path / "fork", options["target"], 1)
+    assert (tmp_path / "fork" / FORK_NOTE).is_file()
+    forked = run_dhspg(mlpnet, TrainOptions(out=tmp_path / "fork", resume=True, **options))
+    a = _weights(tmp_path / "dhspg" / FILES["trained"])
+    b = _weights(tmp_path / "fork" / FILES["trained"])
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in forked["history"]]
+    assert forked["resumed_at_epoch"] == 1
+    with pytest.raises(SystemExit, match="already holds a run"):
+        fork_warmup(tmp_path / "baseline", tmp_path / "fork", options["target"], 1)
+    with pytest.raises(SystemExit, match="only a baseline"):
+        fork_warmup(tmp_path / "dhspg", tmp_path / "other", options["target"], 1)
+
+
 def _cli(args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
