@@ -40,9 +40,9 @@ bench: $(STAMP) data
 # OTOv2's DemoNet (3x32x32) with DHSPG as OTOv2's code runs it: a baseline and a DHSPG run per
 # seed in SEEDS (default 0 1 2), results in benchmarks/results/demonet_official.{json,md}. Run
 # folders go to out/demonet_official; killed? Run it again: finished runs are read back and a
-# killed one resumes from its last epoch. Trains on CUDA when torch sees one (several CPU-hours
-# a run otherwise). Tested after the last epoch only: a resumed run's wall time counts only the
-# training of its earlier processes.
+# killed one resumes from its last epoch. Trains on CUDA when torch sees one (40-80 minutes a
+# run on 2 fast CPU cores otherwise, 2.5x that on slower ones). Tested after the last epoch
+# only: a resumed run's wall time counts only the training of its earlier processes.
 bench-demonet: $(STAMP) data
 	$(PY) benchmarks/demonet_official.py --seeds $(SEEDS) --test-last-only --out out/demonet_official
 
