@@ -29,10 +29,13 @@ def zoo_cache(tmp_path_factory):
     return exported
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny torch problems on one intra-op thread: extra threads only spin against other jobs
-    (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``). Module-scoped so that the
+    module's own module-scoped runs take one thread too: a run compared bit for bit with another
+    must use the same thread count (on AVX-512 CPUs torch's kernels round differently with one
+    thread than with two)."""
     import torch
 
     threads = torch.get_num_threads()
